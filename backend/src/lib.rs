@@ -18,6 +18,8 @@ pub mod mountinfo;
 pub mod node;
 pub mod pool;
 pub mod record;
+#[doc(hidden)]
+pub mod testing;
 pub mod tools;
 pub mod types;
 
