@@ -24,8 +24,8 @@ pub mod tools;
 pub mod types;
 
 pub use error::{Error, Result};
+pub use node::{PublishRequest, StageRequest, VolumeStats};
 pub use pool::{
     Capacity, CapacityRange, CreateVolume, ExpandOutcome, GroupSnapshot, Pool, PoolOptions, Snapshot, Source, Volume,
 };
-pub use node::{PublishRequest, StageRequest, VolumeStats};
 pub use types::{AccessType, Condition, FsType, Usage};

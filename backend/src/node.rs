@@ -2,13 +2,19 @@
 //! Every one is idempotent and takes the volume's lock; the kernel's mount
 //! table is the truth, the records only remember what was asked for.
 
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
-use crate::pool::Pool;
+use crate::error::{Error, Result};
+use crate::loopdev::{self, AttachOptions, LoopDevice};
+use crate::mount_options::MountOptions;
+use crate::mountinfo::{self, MountEntry};
+use crate::pool::{Pool, Volume};
 use crate::types::{AccessType, Condition, FsType, Usage};
+use crate::{fs as filesystem, mount};
 
 #[derive(Debug, Clone)]
 pub struct StageRequest {
@@ -46,6 +52,9 @@ pub struct StageRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishRecord {
     pub access_type: AccessType,
+    /// Published with a single-writer access mode: no second target allowed.
+    #[serde(default)]
+    pub exclusive: bool,
     pub read_only: bool,
     pub mount_options: Vec<String>,
 }
@@ -59,7 +68,103 @@ pub struct VolumeStats {
     pub condition: Condition,
 }
 
+/// What the kernel says about a volume right now.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    /// The loop device backed by the volume's image.
+    pub device: Option<LoopDevice>,
+    /// Every mount point of the volume: its filesystem, bind mounts of it,
+    /// and bind mounts of its device node (block volumes).
+    pub mount_points: Vec<PathBuf>,
+    /// The recorded staging is really there.
+    pub staged: bool,
+}
+
+impl Live {
+    /// Mount points other than the given staging path(s): live publishes.
+    fn others(&self, staging: &[&Path]) -> Vec<PathBuf> {
+        self.mount_points.iter().filter(|p| !staging.contains(&p.as_path())).cloned().collect()
+    }
+}
+
 impl Pool {
+    /// Reads the kernel's view of a volume.
+    pub(crate) fn live(&self, vol: &Volume, mounts: &[MountEntry]) -> Result<Live> {
+        let image = self.volume_image_path(&vol.id);
+        let Some(device) = loopdev::find(&image)? else {
+            return Ok(Live::default());
+        };
+        let rdev = nix::sys::stat::stat(&device.path).map(|st| st.st_rdev).unwrap_or(0);
+        let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+        let node_name = format!("/{}", device.path.file_name().unwrap_or_default().to_string_lossy());
+        let mut mount_points: Vec<PathBuf> = mounts
+            .iter()
+            .filter(|e| {
+                (u64::from(e.major) == major && u64::from(e.minor) == minor)
+                    || (e.fs_type == "devtmpfs" && e.root.as_os_str() == node_name.as_str())
+            })
+            .map(|e| e.mount_point.clone())
+            .collect();
+        mount_points.dedup();
+        let staged = match &vol.staged {
+            Some(st) if st.access_type == AccessType::Mount => mount_points.contains(&st.staging_path),
+            Some(_) => true,
+            None => false,
+        };
+        Ok(Live { device: Some(device), mount_points, staged })
+    }
+
+    /// Drops record entries the kernel no longer backs (after a reboot, a
+    /// crash, or a mount removed behind our back) and returns the live state.
+    /// The caller holds the volume's lock.
+    pub(crate) fn reconcile(&self, vol: &mut Volume) -> Result<Live> {
+        let mounts = mountinfo::read()?;
+        let live = self.live(vol, &mounts)?;
+        let mut changed = false;
+        if vol.staged.is_some() && !live.staged {
+            tracing::warn!(volume = %vol.id, "staging recorded but gone from the kernel; forgetting it");
+            vol.staged = None;
+            changed = true;
+        }
+        let before = vol.published.len();
+        vol.published.retain(|target, _| live.mount_points.contains(target));
+        changed |= vol.published.len() != before;
+        if changed {
+            self.write_volume(vol)?;
+        }
+        Ok(live)
+    }
+
+    /// Reconciles every volume and removes half-built images of creates that
+    /// died (the CSI server calls this at start-up).
+    pub fn reconcile_all(&self) -> Result<()> {
+        for vol in self.volumes()? {
+            let _guard = match self.lock_volume(&vol.id) {
+                Ok(guard) => guard,
+                Err(Error::Busy(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(mut vol) = self.read_volume(&vol.id)? {
+                self.reconcile(&mut vol)?;
+            }
+        }
+        for dir in ["volumes", "snapshots"] {
+            let dir = self.root.join(dir);
+            let entries = fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+            for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+                let Some(id) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".img.tmp")) else { continue };
+                let kind = if dir.ends_with("volumes") { "vol" } else { "snap" };
+                if let Ok(_guard) =
+                    crate::lock::acquire(&self.root.join("locks"), &format!("{kind}.{id}"), std::time::Duration::ZERO)
+                {
+                    tracing::warn!(file = %name, "removing a half-built image");
+                    let _ = fs::remove_file(dir.join(&name));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches the image to a loop device, formats it when blank (never for a
     /// read-only request, never over anything blkid finds), checks it, grows it
     /// when the image outgrew it, and mounts it at the staging path. Block
@@ -67,8 +172,136 @@ impl Pool {
     /// different arguments at the same path are IncompatibleAtPath; another
     /// staging path while staged is StagedElsewhere.
     pub fn stage(&self, id: &str, req: &StageRequest) -> Result<StageRecord> {
-        let _ = (id, req);
-        todo!()
+        let staging = clean_path(&req.staging_path)?;
+        let _guard = self.lock_volume(id)?;
+        let mut vol = self.volume(id)?;
+        check_access(&vol, req.access_type)?;
+        let fs_type = vol.fs_type;
+        if let (Some(want), AccessType::Mount) = (req.fs_type, req.access_type) {
+            if want != fs_type {
+                return Err(Error::InvalidArgument(format!("volume {id} has a {fs_type} filesystem, not {want}")));
+            }
+        }
+        let opts = match req.access_type {
+            AccessType::Mount => MountOptions::parse(&req.mount_options, Some(fs_type))?,
+            AccessType::Block => MountOptions::default(),
+        };
+        let live = self.reconcile(&mut vol)?;
+        if let Some(st) = &vol.staged {
+            if st.staging_path != staging {
+                return Err(Error::StagedElsewhere { id: id.into(), existing: st.staging_path.clone() });
+            }
+            if st.read_only == req.read_only && st.mount_options == opts.given {
+                return Ok(st.clone());
+            }
+            return Err(Error::IncompatibleAtPath { id: id.into(), what: "staged", path: staging });
+        }
+        if live.mount_points.contains(&staging) {
+            // Ours but unrecorded (records lost): adopt it when it matches.
+            let mounts = mountinfo::read()?;
+            let ro = mountinfo::at(&mounts, &staging).last().is_some_and(|e| e.read_only());
+            if ro != req.read_only {
+                return Err(Error::IncompatibleAtPath { id: id.into(), what: "staged", path: staging });
+            }
+        } else if !mountinfo::at(&mountinfo::read()?, &staging).is_empty() {
+            return Err(Error::InvalidPath { path: staging, reason: "another filesystem is mounted there" });
+        }
+
+        let image = self.volume_image_path(id);
+        let device = match req.access_type {
+            AccessType::Mount => {
+                let grew = if live.mount_points.contains(&staging) {
+                    false
+                } else {
+                    self.mount_staging(&vol, &image, &staging, &opts, req.read_only)?
+                };
+                vol.fs_grow_pending &= !grew;
+                live.device.map(|d| d.path).or(loopdev::find(&image)?.map(|d| d.path)).unwrap_or_default()
+            }
+            AccessType::Block => {
+                // No mount holds a block volume's device, so it must not
+                // autoclear; unstage detaches it explicitly.
+                let attached = loopdev::attach(&image, AttachOptions { autoclear: false, read_only: req.read_only })?;
+                attached.device.path
+            }
+        };
+        let st = StageRecord {
+            staging_path: staging.clone(),
+            access_type: req.access_type,
+            fs_type,
+            read_only: req.read_only,
+            mount_options: opts.given.clone(),
+            device,
+        };
+        vol.staged = Some(st.clone());
+        if let Err(e) = self.write_volume(&vol) {
+            self.release(&vol, &staging);
+            return Err(e);
+        }
+        tracing::info!(volume = %id, staging = %staging.display(), device = %st.device.display(), "volume staged");
+        Ok(st)
+    }
+
+    /// Attaches, formats or checks, mounts at `staging`, and grows the
+    /// filesystem when pending. Undoes its own steps on failure. Returns
+    /// whether a pending growth was done.
+    fn mount_staging(&self, vol: &Volume, image: &Path, staging: &Path, opts: &MountOptions, ro: bool) -> Result<bool> {
+        let fs_type = vol.fs_type;
+        prepare_dir(staging)?;
+        // Autoclear: once our fd is closed, the mount is the only holder, and
+        // unmounting frees the device; a crash cannot leak it.
+        let attached = loopdev::attach(image, AttachOptions { autoclear: true, read_only: ro })?;
+        let dev = attached.device.path.clone();
+        let mut grew = false;
+        match filesystem::probe(&dev)? {
+            None if ro => {
+                return Err(Error::RefuseFormat {
+                    id: vol.id.clone(),
+                    device: dev,
+                    reason: "it is blank and the request is read-only".into(),
+                })
+            }
+            None => {
+                filesystem::format(&dev, fs_type, vol.thick)?;
+                grew = true;
+            }
+            Some(found) if found == fs_type.as_str() => {
+                if !ro {
+                    filesystem::check(&dev, fs_type)?;
+                    if vol.fs_grow_pending && fs_type == FsType::Ext4 {
+                        filesystem::grow_offline(&dev, fs_type)?;
+                        grew = true;
+                    }
+                }
+            }
+            Some(found) => {
+                return Err(Error::RefuseFormat {
+                    id: vol.id.clone(),
+                    device: dev,
+                    reason: format!("it holds {found}, not {fs_type}"),
+                })
+            }
+        }
+        mount::mount_fs(&dev, staging, fs_type, opts, ro)?;
+        if vol.fs_grow_pending && !ro && fs_type != FsType::Ext4 {
+            if let Err(e) = filesystem::grow_online(&dev, staging, fs_type) {
+                let _ = mount::unmount(staging);
+                return Err(e);
+            }
+            grew = true;
+        }
+        drop(attached);
+        Ok(grew)
+    }
+
+    /// Best-effort undo of a stage whose record could not be written.
+    fn release(&self, vol: &Volume, staging: &Path) {
+        if vol.access_type == AccessType::Mount {
+            let _ = mount::unmount(staging);
+        }
+        if let Ok(Some(dev)) = loopdev::find(&self.volume_image_path(&vol.id)) {
+            let _ = loopdev::detach(&dev);
+        }
     }
 
     /// Unmounts the staging path (the autoclear loop device then goes away) or,
@@ -76,62 +309,372 @@ impl Pool {
     /// VolumeInUse while a target is still published. `remove_dir` also removes
     /// the staging directory (FlexVolume owns its staging dirs; CSI's belong to kubelet).
     pub fn unstage(&self, id: &str, staging_path: &Path, remove_dir: bool) -> Result<()> {
-        let _ = (id, staging_path, remove_dir);
-        todo!()
+        let staging = clean_path(staging_path)?;
+        let _guard = self.lock_volume(id)?;
+        let mut vol = self.volume(id)?;
+        let live = self.reconcile(&mut vol)?;
+        let recorded = vol.staged.as_ref().map(|st| st.staging_path.clone());
+        if recorded.as_ref().is_some_and(|p| *p != staging) {
+            // Staged somewhere else: nothing is staged at this path.
+            return Ok(());
+        }
+        let busy = live.others(&[staging.as_path()]);
+        if !busy.is_empty() {
+            return Err(Error::VolumeInUse { id: id.into(), reason: format!("still published at {busy:?}") });
+        }
+        if live.mount_points.contains(&staging) {
+            mount::unmount(&staging)?;
+        }
+        if let Some(dev) = &live.device {
+            // Autoclear devices are already going; block and attach-mode
+            // devices are released here. Nothing else uses it (checked above).
+            loopdev::detach(dev)?;
+        }
+        if vol.staged.take().is_some() {
+            self.write_volume(&vol)?;
+        }
+        if remove_dir {
+            match fs::remove_dir(&staging) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove staging directory", &staging, e)),
+            }
+        }
+        tracing::info!(volume = %id, staging = %staging.display(), "volume unstaged");
+        Ok(())
     }
 
     /// Bind-mounts the staged filesystem (or the loop device, for block) onto
     /// the target, creating the target (directory or file). NotStaged when the
     /// staging mount is missing.
     pub fn publish(&self, id: &str, req: &PublishRequest) -> Result<()> {
-        let _ = (id, req);
-        todo!()
+        let staging = clean_path(&req.staging_path)?;
+        let target = clean_path(&req.target_path)?;
+        if target == staging {
+            return Err(Error::InvalidArgument("target path and staging path are the same".into()));
+        }
+        let _guard = self.lock_volume(id)?;
+        let mut vol = self.volume(id)?;
+        check_access(&vol, req.access_type)?;
+        let opts = match req.access_type {
+            AccessType::Mount => MountOptions::parse(&req.mount_options, Some(vol.fs_type))?,
+            AccessType::Block => MountOptions::parse(&req.mount_options, None)?,
+        };
+        let live = self.reconcile(&mut vol)?;
+        let (Some(st), Some(device)) = (&vol.staged, &live.device) else {
+            return Err(Error::NotStaged { id: id.into() });
+        };
+        if st.staging_path != staging {
+            return Err(Error::NotStaged { id: id.into() });
+        }
+        let wanted = PublishRecord {
+            access_type: req.access_type,
+            exclusive: req.exclusive,
+            read_only: req.read_only,
+            mount_options: opts.given.clone(),
+        };
+        if live.mount_points.contains(&target) {
+            return match vol.published.get(&target) {
+                Some(existing) if *existing == wanted => Ok(()),
+                _ => Err(Error::IncompatibleAtPath { id: id.into(), what: "published", path: target }),
+            };
+        }
+        let others = live.others(&[staging.as_path()]);
+        if !others.is_empty() && (req.exclusive || vol.published.values().any(|p| p.exclusive)) {
+            return Err(Error::VolumeInUse {
+                id: id.into(),
+                reason: format!("a single-writer volume is already published at {others:?}"),
+            });
+        }
+        let (source, created) = match req.access_type {
+            AccessType::Mount => (staging.clone(), prepare_dir(&target)?),
+            AccessType::Block => (device.path.clone(), prepare_file(&target)?),
+        };
+        if let Err(e) = mount::bind(&source, &target, req.read_only, &opts) {
+            if created {
+                let _ = fs::remove_dir(&target).or_else(|_| fs::remove_file(&target));
+            }
+            return Err(e);
+        }
+        vol.published.insert(target.clone(), wanted);
+        if let Err(e) = self.write_volume(&vol) {
+            let _ = mount::cleanup(&target);
+            return Err(e);
+        }
+        tracing::info!(volume = %id, target = %target.display(), read_only = req.read_only, "volume published");
+        Ok(())
     }
 
     /// Unmounts and removes the target; a missing target is success.
     pub fn unpublish(&self, id: &str, target_path: &Path) -> Result<()> {
-        let _ = (id, target_path);
-        todo!()
+        let target = clean_path(target_path)?;
+        let _guard = self.lock_volume(id)?;
+        let mut vol = self.volume(id)?;
+        mount::cleanup(&target)?;
+        if vol.published.remove(&target).is_some() {
+            self.write_volume(&vol)?;
+        }
+        tracing::info!(volume = %id, target = %target.display(), "volume unpublished");
+        Ok(())
     }
 
     /// Usage and condition of the volume at `path` (its staging path or a
     /// published target). NotAtPath when the volume is not mounted there.
+    /// Takes no lock: stats must not queue behind a long operation.
     pub fn stats(&self, id: &str, path: &Path) -> Result<VolumeStats> {
-        let _ = (id, path);
-        todo!()
+        let path = clean_path(path)?;
+        let vol = self.volume(id)?;
+        let mounts = mountinfo::read()?;
+        let live = self.live(&vol, &mounts)?;
+        if !live.mount_points.contains(&path) {
+            return Err(Error::NotAtPath { id: id.into(), path });
+        }
+        let mut condition = self.condition_of(&vol, &live);
+        match (vol.access_type, &live.device) {
+            (AccessType::Mount, _) => match filesystem::usage(&path) {
+                Ok(usage) => Ok(VolumeStats { usage: Some(usage), total_bytes: usage.bytes_total, condition }),
+                Err(e) => {
+                    condition = Condition::abnormal(format!("cannot read filesystem usage: {e}"));
+                    Ok(VolumeStats { usage: None, total_bytes: 0, condition })
+                }
+            },
+            (AccessType::Block, Some(dev)) => {
+                Ok(VolumeStats { usage: None, total_bytes: loopdev::size_bytes(&dev.path)?, condition })
+            }
+            (AccessType::Block, None) => Err(Error::NotAtPath { id: id.into(), path }),
+        }
     }
 
     /// Health of a volume wherever it is (ControllerGetVolume).
     pub fn condition(&self, id: &str) -> Result<Condition> {
-        let _ = id;
-        todo!()
+        let vol = self.volume(id)?;
+        let live = self.live(&vol, &mountinfo::read()?)?;
+        Ok(self.condition_of(&vol, &live))
+    }
+
+    fn condition_of(&self, vol: &Volume, live: &Live) -> Condition {
+        let image = self.volume_image_path(&vol.id);
+        match fs::metadata(&image) {
+            Err(e) => return Condition::abnormal(format!("image {} is unreadable: {e}", image.display())),
+            Ok(m) if m.len() < vol.capacity_bytes => {
+                return Condition::abnormal(format!("image is {} bytes, the volume {}", m.len(), vol.capacity_bytes))
+            }
+            Ok(_) => {}
+        }
+        match &vol.staged {
+            Some(st) if !live.staged => {
+                Condition::abnormal(format!("staging at {} has disappeared", st.staging_path.display()))
+            }
+            Some(st) if st.access_type == AccessType::Mount => match filesystem::usage(&st.staging_path) {
+                Ok(_) => Condition::healthy(),
+                Err(e) => Condition::abnormal(format!("staged filesystem does not answer: {e}")),
+            },
+            _ => Condition::healthy(),
+        }
     }
 
     /// Grows the image to at least `new_size` if needed, refreshes the loop
-    /// device and grows the mounted filesystem. Returns the new capacity.
-    /// OnlineGrowRefused when the kernel will not grow the mounted filesystem.
+    /// device and grows the staged filesystem. Returns the new capacity.
+    /// When the kernel refuses to grow a mounted filesystem (ext4 here) and no
+    /// target is published, the staging mount is briefly taken down and the
+    /// filesystem grown offline; with live targets that is impossible and the
+    /// result is OnlineGrowRefused (the growth then happens at the next stage).
     pub fn node_expand(&self, id: &str, new_size: u64) -> Result<u64> {
-        let _ = (id, new_size);
-        todo!()
+        let _guard = self.lock_volume(id)?;
+        let mut vol = self.volume(id)?;
+        self.grow_image_locked(&mut vol, new_size)?;
+        let live = self.reconcile(&mut vol)?;
+        let (Some(st), Some(dev)) = (vol.staged.clone(), &live.device) else {
+            return Ok(vol.capacity_bytes);
+        };
+        loopdev::refresh_capacity(dev)?;
+        if st.access_type == AccessType::Block || !vol.fs_grow_pending || st.read_only {
+            return Ok(vol.capacity_bytes);
+        }
+        match filesystem::grow_online(&dev.path, &st.staging_path, vol.fs_type) {
+            Ok(()) => {}
+            Err(Error::OnlineGrowRefused { .. }) if live.others(&[st.staging_path.as_path()]).is_empty() => {
+                self.grow_by_remount(&vol, &st)?;
+            }
+            Err(e) => return Err(e),
+        }
+        vol.fs_grow_pending = false;
+        self.write_volume(&vol)?;
+        tracing::info!(volume = %id, size = vol.capacity_bytes, "filesystem grown");
+        Ok(vol.capacity_bytes)
+    }
+
+    /// Unmounts the staging path, grows the filesystem offline and mounts it
+    /// again, holding the loop device open so autoclear cannot free it.
+    fn grow_by_remount(&self, vol: &Volume, st: &StageRecord) -> Result<()> {
+        let image = self.volume_image_path(&vol.id);
+        let held = loopdev::attach(&image, AttachOptions { autoclear: true, read_only: false })?;
+        let opts = MountOptions::parse(&st.mount_options, Some(vol.fs_type))?;
+        mount::unmount(&st.staging_path)?;
+        let grown = filesystem::grow_offline(&held.device.path, vol.fs_type);
+        mount::mount_fs(&held.device.path, &st.staging_path, vol.fs_type, &opts, false)?;
+        grown
     }
 
     /// The volume whose filesystem or device is mounted at `path`, if any
     /// (FlexVolume `unmount` gets nothing but the path).
     pub fn volume_at(&self, path: &Path) -> Result<Option<String>> {
-        let _ = path;
-        todo!()
+        let path = clean_path(path)?;
+        let mounts = mountinfo::read()?;
+        let Some(top) = mountinfo::at(&mounts, &path).last().copied() else { return Ok(None) };
+        let sys = if top.fs_type == "devtmpfs" {
+            let name = top.root.to_string_lossy().trim_start_matches('/').to_string();
+            PathBuf::from(format!("/sys/block/{name}/loop/backing_file"))
+        } else {
+            PathBuf::from(format!("/sys/dev/block/{}:{}/loop/backing_file", top.major, top.minor))
+        };
+        let Ok(backing) = fs::read_to_string(&sys) else { return Ok(None) };
+        let backing = PathBuf::from(backing.trim_end().trim_end_matches(" (deleted)"));
+        if backing.parent() != Some(self.root.join("volumes").as_path()) {
+            return Ok(None);
+        }
+        let id = backing.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".img"));
+        Ok(id.filter(|id| crate::id::validate(id).is_ok()).map(str::to_string))
     }
 
-    /// Paths where the volume is mounted besides its staging path (live publishes).
+    /// Paths where the volume is mounted besides its recorded staging path
+    /// (live publishes; with the records lost, the staging mount too).
     pub fn users(&self, id: &str) -> Result<Vec<PathBuf>> {
-        let _ = id;
-        todo!()
+        let vol = self.volume(id)?;
+        let live = self.live(&vol, &mountinfo::read()?)?;
+        let staging: Vec<&Path> = vol.staged.iter().map(|st| st.staging_path.as_path()).collect();
+        Ok(live.others(&staging))
     }
 
-    /// Attaches the loop device without mounting (FlexVolume waitforattach,
-    /// block staging); returns the device path.
+    /// Attaches the loop device without mounting (FlexVolume waitforattach);
+    /// returns the device path. Reuses an existing device.
     pub fn attach_device(&self, id: &str) -> Result<PathBuf> {
-        let _ = id;
-        todo!()
+        let _guard = self.lock_volume(id)?;
+        let vol = self.volume(id)?;
+        let attached =
+            loopdev::attach(&self.volume_image_path(&vol.id), AttachOptions { autoclear: false, read_only: false })?;
+        Ok(attached.device.path)
+    }
+}
+
+fn check_access(vol: &Volume, wanted: AccessType) -> Result<()> {
+    if vol.access_type != wanted {
+        return Err(Error::WrongAccessType {
+            id: vol.id.clone(),
+            actual: vol.access_type.as_str(),
+            wanted: wanted.as_str(),
+        });
+    }
+    Ok(())
+}
+
+/// Requires an absolute path without `..` and returns it in the normal form
+/// that /proc/self/mountinfo uses (no `.`, no doubled or trailing slashes).
+pub fn clean_path(path: &Path) -> Result<PathBuf> {
+    let bad = |reason| Err(Error::InvalidPath { path: path.into(), reason });
+    if !path.is_absolute() {
+        return bad("not an absolute path");
+    }
+    if path.as_os_str().len() > 4096 {
+        return bad("longer than PATH_MAX");
+    }
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => return bad("'..' is not allowed"),
+            Component::Prefix(_) => return bad("not a unix path"),
+        }
+    }
+    if out.as_os_str().as_encoded_bytes().contains(&0) {
+        return bad("contains a NUL byte");
+    }
+    Ok(out)
+}
+
+/// Makes sure a directory exists at `path` (mount targets); a symlink or a
+/// file there is refused (a symlink could point the mount anywhere). Returns
+/// whether it was created.
+fn prepare_dir(path: &Path) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(false),
+        Ok(m) => Err(Error::TargetKind { path: path.into(), actual: kind(&m), wanted: "directory" }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(path)
+                .map_err(|e| Error::io("create directory", path, e))?;
+            Ok(true)
+        }
+        Err(e) => Err(Error::io("stat", path, e)),
+    }
+}
+
+/// Makes sure a regular file exists at `path` (block targets).
+fn prepare_file(path: &Path) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => Ok(false),
+        Ok(m) => Err(Error::TargetKind { path: path.into(), actual: kind(&m), wanted: "file" }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o750)
+                    .create(parent)
+                    .map_err(|e| Error::io("create directory", parent, e))?;
+            }
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| Error::io("create block target", path, e))?;
+            Ok(true)
+        }
+        Err(e) => Err(Error::io("stat", path, e)),
+    }
+}
+
+fn kind(m: &fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    if t.is_symlink() {
+        "symlink"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_file() {
+        "file"
+    } else {
+        "special file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised_and_checked() {
+        assert_eq!(clean_path(Path::new("/a//b/./c/")).unwrap(), PathBuf::from("/a/b/c"));
+        for bad in ["relative/x", "/a/../etc", "", "../x"] {
+            assert!(clean_path(Path::new(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn targets_of_the_wrong_kind_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"").unwrap();
+        assert!(matches!(prepare_dir(&file), Err(Error::TargetKind { actual: "file", .. })));
+        assert!(matches!(prepare_file(dir.path()), Err(Error::TargetKind { actual: "directory", .. })));
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink("/etc", &link).unwrap();
+        assert!(matches!(prepare_dir(&link), Err(Error::TargetKind { actual: "symlink", .. })));
+        assert!(prepare_dir(&dir.path().join("new/sub")).unwrap());
+        assert!(!prepare_dir(&dir.path().join("new/sub")).unwrap());
+        assert!(prepare_file(&dir.path().join("blk/dev")).unwrap());
+        assert!(!prepare_file(&dir.path().join("blk/dev")).unwrap());
     }
 }

@@ -11,13 +11,20 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::errno::Errno;
+use nix::fcntl::{fallocate, FallocateFlags};
+use nix::sys::statvfs::statvfs;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::types::{AccessType, FsType};
+use crate::{copy, id, lock, loopdev, record};
 
 /// Tunables of an open pool.
 #[derive(Debug, Clone)]
@@ -148,11 +155,37 @@ pub struct Pool {
     pub(crate) options: PoolOptions,
 }
 
+/// Prefixes of IDs derived by hashing a name that is not itself a valid ID.
+const VOLUME_ID_PREFIX: &str = "lv-";
+const SNAPSHOT_ID_PREFIX: &str = "ls-";
+const GROUP_ID_PREFIX: &str = "lg-";
+
+/// Image sizes are rounded up to this (the loop driver works in 512-byte
+/// sectors; whole MiB keep filesystems' geometry simple).
+const SIZE_ALIGN: u64 = 1 << 20;
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 impl Pool {
-    /// Opens (creating if needed) the pool at `root`.
+    /// Opens (creating if needed) the pool at `root`. Cheap: it creates the
+    /// directories and nothing else, so one-shot FlexVolume calls stay fast;
+    /// the CSI server calls [`Pool::reconcile_all`] once at start-up.
     pub fn open(root: &Path, options: PoolOptions) -> Result<Pool> {
-        let _ = (root, options);
-        todo!()
+        if root.as_os_str().is_empty() {
+            return Err(Error::InvalidPath { path: root.into(), reason: "empty pool path" });
+        }
+        for dir in ["", "volumes", "snapshots", "groups", "locks", "staging"] {
+            let path = root.join(dir);
+            match fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io("create pool directory", &path, e)),
+            }
+        }
+        let root = fs::canonicalize(root).map_err(|e| Error::io("resolve pool directory", root, e))?;
+        Ok(Pool { root, options })
     }
 
     pub fn root(&self) -> &Path {
@@ -165,106 +198,656 @@ impl Pool {
 
     /// Checks that the pool directory is reachable and writable (CSI Probe).
     pub fn probe(&self) -> Result<()> {
-        todo!()
+        let path = self.root.join(format!(".probe.{}", std::process::id()));
+        record::write_bytes(&path, b"ok")?;
+        record::remove(&path)
     }
 
-    /// Reconciles every record with the kernel's mounts and loop devices
-    /// (the CSI server calls this at start-up; single operations reconcile
-    /// the volume they touch).
-    pub fn reconcile_all(&self) -> Result<()> {
-        todo!()
+    // ---- paths and locks ----
+
+    pub(crate) fn volume_record_path(&self, id: &str) -> PathBuf {
+        self.root.join("volumes").join(format!("{id}.json"))
     }
+
+    /// The image file of a volume (IDs are validated before this is called).
+    pub fn volume_image_path(&self, id: &str) -> PathBuf {
+        self.root.join("volumes").join(format!("{id}.img"))
+    }
+
+    fn snapshot_record_path(&self, id: &str) -> PathBuf {
+        self.root.join("snapshots").join(format!("{id}.json"))
+    }
+
+    fn snapshot_image_path(&self, id: &str) -> PathBuf {
+        self.root.join("snapshots").join(format!("{id}.img"))
+    }
+
+    fn group_record_path(&self, id: &str) -> PathBuf {
+        self.root.join("groups").join(format!("{id}.json"))
+    }
+
+    /// A staging directory owned by the pool (ephemeral volumes, tools).
+    pub fn internal_staging_path(&self, id: &str) -> Result<PathBuf> {
+        id::validate(id)?;
+        Ok(self.root.join("staging").join(id))
+    }
+
+    pub(crate) fn lock_volume(&self, id: &str) -> Result<lock::Guard> {
+        id::validate(id)?;
+        lock::acquire(&self.root.join("locks"), &format!("vol.{id}"), self.options.lock_wait)
+    }
+
+    fn lock_snapshot(&self, id: &str) -> Result<lock::Guard> {
+        lock::acquire(&self.root.join("locks"), &format!("snap.{id}"), self.options.lock_wait)
+    }
+
+    fn lock_group(&self, id: &str) -> Result<lock::Guard> {
+        lock::acquire(&self.root.join("locks"), &format!("group.{id}"), self.options.lock_wait)
+    }
+
+    /// Serialises space accounting with the allocation it guards, so two
+    /// creates cannot both spend the same free bytes. Always taken last.
+    fn lock_allocation(&self) -> Result<lock::Guard> {
+        lock::acquire(&self.root.join("locks"), "allocation", self.options.lock_wait)
+    }
+
+    // ---- records ----
+
+    pub(crate) fn read_volume(&self, id: &str) -> Result<Option<Volume>> {
+        record::read(&self.volume_record_path(id))
+    }
+
+    pub(crate) fn write_volume(&self, vol: &Volume) -> Result<()> {
+        record::write(&self.volume_record_path(&vol.id), vol)
+    }
+
+    /// VolumeNotFound when missing.
+    pub fn volume(&self, id: &str) -> Result<Volume> {
+        id::validate(id)?;
+        self.read_volume(id)?.ok_or_else(|| Error::VolumeNotFound(id.to_string()))
+    }
+
+    /// All volumes, sorted by ID (stable for pagination).
+    pub fn volumes(&self) -> Result<Vec<Volume>> {
+        self.read_all("volumes")
+    }
+
+    pub fn snapshot(&self, id: &str) -> Result<Snapshot> {
+        id::validate(id).map_err(|_| Error::SnapshotNotFound(id.to_string()))?;
+        record::read(&self.snapshot_record_path(id))?.ok_or_else(|| Error::SnapshotNotFound(id.to_string()))
+    }
+
+    /// All snapshots sorted by ID.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.read_all("snapshots")
+    }
+
+    pub fn group_snapshot(&self, id: &str) -> Result<GroupSnapshot> {
+        id::validate(id).map_err(|_| Error::SnapshotNotFound(id.to_string()))?;
+        record::read(&self.group_record_path(id))?.ok_or_else(|| Error::SnapshotNotFound(id.to_string()))
+    }
+
+    /// Reads every `*.json` record of a directory, sorted by file name. A
+    /// record deleted between listing and reading is skipped.
+    fn read_all<T: serde::de::DeserializeOwned>(&self, dir: &str) -> Result<Vec<T>> {
+        let dir = self.root.join(dir);
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .map_err(|e| Error::io("list", &dir, e))?
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| !name.starts_with('.') && name.ends_with(".json"))
+            .collect();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(rec) = record::read(&dir.join(name))? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- capacity ----
+
+    pub fn capacity(&self) -> Result<Capacity> {
+        let st = statvfs(&self.root).map_err(|e| Error::sys("statvfs", &self.root, e))?;
+        let frsize = u64::from(st.fragment_size());
+        let total = u64::from(st.blocks()).saturating_mul(frsize);
+        let free = u64::from(st.blocks_available()).saturating_mul(frsize);
+        let mut reserved = 0u64;
+        for vol in self.volumes()? {
+            reserved =
+                reserved.saturating_add(vol.capacity_bytes.saturating_sub(allocated(&self.volume_image_path(&vol.id))));
+        }
+        let available = free.saturating_sub(reserved);
+        Ok(Capacity {
+            total_bytes: total,
+            available_bytes: available,
+            max_volume_bytes: available / SIZE_ALIGN * SIZE_ALIGN,
+        })
+    }
+
+    fn ensure_space(&self, needed: u64) -> Result<()> {
+        let cap = self.capacity()?;
+        if needed > cap.available_bytes {
+            return Err(Error::Exhausted { requested: needed, available: cap.available_bytes });
+        }
+        Ok(())
+    }
+
+    // ---- volumes ----
 
     /// Creates a volume, or returns the existing one when `name` was already
     /// created with compatible parameters. Errors: InvalidName/InvalidId,
     /// VolumeNameConflict (ALREADY_EXISTS), SnapshotNotFound/VolumeNotFound
     /// for a missing source, SizeOutOfRange, Exhausted.
+    ///
+    /// Crash safety: the image is built under a dot-name and renamed into
+    /// place; the record, written last, is the commit point. A crash leaves at
+    /// worst an image without a record, which the retry overwrites.
     pub fn create_volume(&self, req: &CreateVolume) -> Result<Volume> {
-        let _ = req;
-        todo!()
+        id::validate_name(&req.name)?;
+        let id = match &req.id {
+            Some(id) => id.clone(),
+            None => id::from_name(VOLUME_ID_PREFIX, &req.name),
+        };
+        id::validate(&id)?;
+        let _guard = self.lock_volume(&id)?;
+        if let Some(existing) = self.read_volume(&id)? {
+            check_compatible(&existing, req, self.options.default_fs)?;
+            return Ok(existing);
+        }
+
+        // Resolve the source first: its size and filesystem decide ours.
+        let mut source_guard = None;
+        let (source_image, source_size, source_fs) = match &req.source {
+            None => (None, 0, None),
+            Some(Source::Snapshot(sid)) => {
+                let snap = self.snapshot(sid)?;
+                if snap.access_type != req.access_type
+                    && req.access_type == AccessType::Mount
+                    && snap.access_type == AccessType::Block
+                {
+                    return Err(Error::InvalidArgument(format!("snapshot {sid} is of a block volume")));
+                }
+                (Some(self.snapshot_image_path(sid)), snap.size_bytes, Some(snap.fs_type))
+            }
+            Some(Source::Volume(vid)) => {
+                id::validate(vid).map_err(|_| Error::VolumeNotFound(vid.clone()))?;
+                if *vid == id {
+                    return Err(Error::InvalidArgument("a volume cannot be its own source".into()));
+                }
+                source_guard = Some(self.lock_volume(vid)?);
+                let src = self.volume(vid)?;
+                (Some(self.volume_image_path(vid)), src.capacity_bytes, Some(src.fs_type))
+            }
+        };
+        let fs_type = match (req.fs_type, source_fs) {
+            (Some(want), Some(have)) if want != have && req.access_type == AccessType::Mount => {
+                return Err(Error::InvalidArgument(format!("the source holds {have}, {want} was requested")));
+            }
+            (_, Some(have)) => have,
+            (Some(want), None) => want,
+            (None, None) => self.options.default_fs,
+        };
+        let size = choose_size(req.capacity, self.options.default_size, source_size, fs_type, req.access_type)?;
+
+        let image = self.volume_image_path(&id);
+        let tmp = self.root.join("volumes").join(format!(".{id}.img.tmp"));
+        {
+            let _alloc = self.lock_allocation()?;
+            self.ensure_space(size)?;
+            let _ = fs::remove_file(&tmp);
+            let built = match &source_image {
+                None => create_image(&tmp, size, req.thick),
+                Some(src) => {
+                    // A mounted source is frozen so the copy is consistent.
+                    let _frozen = match &req.source {
+                        Some(Source::Volume(vid)) => self.freeze_if_mounted(vid)?,
+                        _ => None,
+                    };
+                    copy::copy_image(src, &tmp).and_then(|_| grow_file(&tmp, size, req.thick))
+                }
+            };
+            if let Err(e) = built {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            fs::rename(&tmp, &image).map_err(|e| Error::io("rename", &image, e))?;
+            record::sync_dir(&self.root.join("volumes"))?;
+        }
+        drop(source_guard);
+
+        let vol = Volume {
+            id: id.clone(),
+            name: req.name.clone(),
+            capacity_bytes: size,
+            fs_type,
+            access_type: req.access_type,
+            thick: req.thick,
+            source: req.source.clone(),
+            created_at: now(),
+            parameters: req.parameters.clone(),
+            fs_grow_pending: source_image.is_some() && size > source_size,
+            attached_node: None,
+            staged: None,
+            published: BTreeMap::new(),
+        };
+        if let Err(e) = self.write_volume(&vol) {
+            let _ = fs::remove_file(&image);
+            return Err(e);
+        }
+        tracing::info!(volume = %id, size, fs = %fs_type, "volume created");
+        Ok(vol)
     }
 
     /// Deletes a volume; a missing one is success. VolumeInUse while it is
-    /// staged or published. Its snapshots stay usable.
+    /// staged or published (as the kernel sees it). Its snapshots are copies
+    /// and stay usable.
     pub fn delete_volume(&self, id: &str) -> Result<()> {
-        let _ = id;
-        todo!()
+        if id::validate(id).is_err() {
+            // Nothing with such an ID can exist: deleting it is a no-op.
+            return Ok(());
+        }
+        let _guard = self.lock_volume(id)?;
+        let image = self.volume_image_path(id);
+        if let Some(mut vol) = self.read_volume(id)? {
+            let live = self.reconcile(&mut vol)?;
+            if live.staged || !live.mount_points.is_empty() {
+                return Err(Error::VolumeInUse { id: id.into(), reason: "it is staged or published".into() });
+            }
+            if let Some(dev) = live.device {
+                return Err(Error::VolumeInUse {
+                    id: id.into(),
+                    reason: format!("attached to {}", dev.path.display()),
+                });
+            }
+            record::remove(&self.volume_record_path(id))?;
+        }
+        record::remove(&image)?;
+        tracing::info!(volume = %id, "volume deleted");
+        Ok(())
     }
 
-    /// VolumeNotFound when missing.
-    pub fn volume(&self, id: &str) -> Result<Volume> {
-        let _ = id;
-        todo!()
-    }
-
-    /// All volumes, sorted by ID (stable for pagination).
-    pub fn volumes(&self) -> Result<Vec<Volume>> {
-        todo!()
-    }
-
-    pub fn capacity(&self) -> Result<Capacity> {
-        todo!()
-    }
-
-    /// Grows a volume's image (and its loop device, and its filesystem when it
-    /// is staged and the kernel allows it). Requesting no more than the current
-    /// size is success. Shrink is never done; Exhausted when the pool is full.
+    /// Grows a volume's image (and its loop device, when attached). Requesting
+    /// no more than the current size changes nothing and is success (the CSI
+    /// idempotency rule; images are never shrunk). Exhausted when the pool is
+    /// full. The filesystem grows at the next stage or by `node_expand`.
     pub fn expand_volume(&self, id: &str, new_size: u64) -> Result<ExpandOutcome> {
-        let _ = (id, new_size);
-        todo!()
+        let _guard = self.lock_volume(id)?;
+        let mut vol = self.volume(id)?;
+        self.grow_image_locked(&mut vol, new_size)?;
+        let live = self.reconcile(&mut vol)?;
+        Ok(ExpandOutcome {
+            capacity_bytes: vol.capacity_bytes,
+            node_expansion_required: vol.access_type == AccessType::Mount && live.staged,
+        })
     }
+
+    /// With the volume locked: grows the image to `new_size` and refreshes an
+    /// attached loop device. Returns whether anything grew.
+    pub(crate) fn grow_image_locked(&self, vol: &mut Volume, new_size: u64) -> Result<bool> {
+        if new_size <= vol.capacity_bytes {
+            return Ok(false);
+        }
+        check_max(new_size)?;
+        let image = self.volume_image_path(&vol.id);
+        {
+            let _alloc = self.lock_allocation()?;
+            self.ensure_space(new_size - vol.capacity_bytes)?;
+            grow_file(&image, new_size, vol.thick)?;
+        }
+        vol.capacity_bytes = new_size;
+        vol.fs_grow_pending = vol.access_type == AccessType::Mount;
+        self.write_volume(vol)?;
+        if let Some(dev) = loopdev::find(&image)? {
+            loopdev::refresh_capacity(&dev)?;
+        }
+        tracing::info!(volume = %vol.id, size = new_size, "volume image grown");
+        Ok(true)
+    }
+
+    /// Freezes the volume's staged filesystem, if it is mounted read-write.
+    fn freeze_if_mounted(&self, id: &str) -> Result<Option<crate::fs::Frozen>> {
+        let Some(mut vol) = self.read_volume(id)? else { return Ok(None) };
+        let live = self.reconcile(&mut vol)?;
+        match &vol.staged {
+            Some(st) if live.staged && st.access_type == AccessType::Mount && !st.read_only => {
+                Ok(Some(crate::fs::freeze(&st.staging_path)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    // ---- snapshots ----
 
     /// Takes a snapshot of a volume (frozen while copied when it is mounted).
     /// Idempotent on `name`; SnapshotNameConflict for the same name with another source.
     pub fn create_snapshot(&self, name: &str, source_volume_id: &str) -> Result<Snapshot> {
-        let _ = (name, source_volume_id);
-        todo!()
+        id::validate_name(name)?;
+        let sid = id::from_name(SNAPSHOT_ID_PREFIX, name);
+        let _guard = self.lock_snapshot(&sid)?;
+        if let Some(existing) = record::read::<Snapshot>(&self.snapshot_record_path(&sid))? {
+            if existing.source_volume_id != source_volume_id || existing.name != name {
+                return Err(Error::SnapshotNameConflict {
+                    name: name.into(),
+                    existing_source: existing.source_volume_id,
+                });
+            }
+            return Ok(existing);
+        }
+        id::validate(source_volume_id).map_err(|_| Error::VolumeNotFound(source_volume_id.into()))?;
+        let _vol_guard = self.lock_volume(source_volume_id)?;
+        let vol = self.volume(source_volume_id)?;
+        let frozen = self.freeze_if_mounted(source_volume_id)?;
+        let snap = self.copy_to_snapshot(&sid, name, &vol, None);
+        drop(frozen);
+        snap
     }
 
-    /// Missing is success.
+    /// Copies a (locked, possibly frozen) volume's image into a new snapshot.
+    fn copy_to_snapshot(&self, sid: &str, name: &str, vol: &Volume, group_id: Option<&str>) -> Result<Snapshot> {
+        let image = self.snapshot_image_path(sid);
+        let tmp = self.root.join("snapshots").join(format!(".{sid}.img.tmp"));
+        let _ = fs::remove_file(&tmp);
+        {
+            let _alloc = self.lock_allocation()?;
+            // A sparse copy needs the source's allocated bytes; a reflink less.
+            self.ensure_space(allocated(&self.volume_image_path(&vol.id)))?;
+            if let Err(e) = copy::copy_image(&self.volume_image_path(&vol.id), &tmp) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        fs::rename(&tmp, &image).map_err(|e| Error::io("rename", &image, e))?;
+        record::sync_dir(&self.root.join("snapshots"))?;
+        let snap = Snapshot {
+            id: sid.into(),
+            name: name.into(),
+            source_volume_id: vol.id.clone(),
+            size_bytes: vol.capacity_bytes,
+            fs_type: vol.fs_type,
+            access_type: vol.access_type,
+            created_at: now(),
+            group_id: group_id.map(str::to_string),
+            ready: true,
+        };
+        record::write(&self.snapshot_record_path(sid), &snap)?;
+        tracing::info!(snapshot = %sid, volume = %vol.id, "snapshot created");
+        Ok(snap)
+    }
+
+    /// Missing is success. A member of a group snapshot is deleted with its group.
     pub fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let _ = id;
-        todo!()
+        if id::validate(id).is_err() {
+            return Ok(());
+        }
+        let _guard = self.lock_snapshot(id)?;
+        if let Some(snap) = record::read::<Snapshot>(&self.snapshot_record_path(id))? {
+            if let Some(group) = &snap.group_id {
+                if self.group_record_path(group).exists() {
+                    return Err(Error::InvalidArgument(format!(
+                        "snapshot {id} belongs to group snapshot {group}: delete the group"
+                    )));
+                }
+            }
+        }
+        self.remove_snapshot_files(id)
     }
 
-    pub fn snapshot(&self, id: &str) -> Result<Snapshot> {
-        let _ = id;
-        todo!()
-    }
-
-    /// All snapshots sorted by ID.
-    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        todo!()
+    fn remove_snapshot_files(&self, id: &str) -> Result<()> {
+        record::remove(&self.snapshot_record_path(id))?;
+        record::remove(&self.snapshot_image_path(id))
     }
 
     /// Snapshots every volume at one instant: all mounted members are frozen
     /// together, copied, then thawed. Idempotent on `name`.
     pub fn create_group_snapshot(&self, name: &str, volume_ids: &[String]) -> Result<GroupSnapshot> {
-        let _ = (name, volume_ids);
-        todo!()
+        id::validate_name(name)?;
+        if volume_ids.is_empty() {
+            return Err(Error::InvalidArgument("a group snapshot needs at least one volume".into()));
+        }
+        let mut members: Vec<String> = volume_ids.to_vec();
+        members.sort();
+        members.dedup();
+        let gid = id::from_name(GROUP_ID_PREFIX, name);
+        let _guard = self.lock_group(&gid)?;
+        if let Some(existing) = record::read::<GroupSnapshot>(&self.group_record_path(&gid))? {
+            let mut have = existing.source_volume_ids.clone();
+            have.sort();
+            if have != members {
+                return Err(Error::SnapshotNameConflict { name: name.into(), existing_source: have.join(",") });
+            }
+            return Ok(existing);
+        }
+        // Locks in sorted order, so two overlapping groups cannot deadlock.
+        let mut guards = Vec::with_capacity(members.len());
+        let mut vols = Vec::with_capacity(members.len());
+        for vid in &members {
+            id::validate(vid).map_err(|_| Error::VolumeNotFound(vid.clone()))?;
+            guards.push(self.lock_volume(vid)?);
+            vols.push(self.volume(vid)?);
+        }
+        // Freeze all first, copy all, then thaw: one instant for the group.
+        let mut frozen = Vec::new();
+        for vol in &vols {
+            frozen.push(self.freeze_if_mounted(&vol.id)?);
+        }
+        let mut snaps = Vec::with_capacity(vols.len());
+        let mut result = Ok(());
+        for vol in &vols {
+            let sid = id::from_name(SNAPSHOT_ID_PREFIX, &format!("{name}/{}", vol.id));
+            let _snap_guard = self.lock_snapshot(&sid)?;
+            match self.copy_to_snapshot(&sid, &format!("{name}/{}", vol.id), vol, Some(&gid)) {
+                Ok(s) => snaps.push(s),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(frozen);
+        if let Err(e) = result {
+            for s in &snaps {
+                let _ = self.remove_snapshot_files(&s.id);
+            }
+            return Err(e);
+        }
+        let group = GroupSnapshot {
+            id: gid.clone(),
+            name: name.into(),
+            snapshot_ids: snaps.iter().map(|s| s.id.clone()).collect(),
+            source_volume_ids: members,
+            created_at: now(),
+            ready: true,
+        };
+        record::write(&self.group_record_path(&gid), &group)?;
+        Ok(group)
     }
 
     /// Deletes the group and its member snapshots; missing is success.
     pub fn delete_group_snapshot(&self, id: &str) -> Result<()> {
-        let _ = id;
-        todo!()
+        if id::validate(id).is_err() {
+            return Ok(());
+        }
+        let _guard = self.lock_group(id)?;
+        let Some(group) = record::read::<GroupSnapshot>(&self.group_record_path(id))? else { return Ok(()) };
+        // The group record goes last: a crash midway leaves a group whose
+        // delete can simply be repeated.
+        for sid in &group.snapshot_ids {
+            let _snap_guard = self.lock_snapshot(sid)?;
+            self.remove_snapshot_files(sid)?;
+        }
+        record::remove(&self.group_record_path(id))
     }
 
-    pub fn group_snapshot(&self, id: &str) -> Result<GroupSnapshot> {
-        let _ = id;
-        todo!()
-    }
+    // ---- FlexVolume attach mode ----
 
     /// FlexVolume attach mode: records that `node` holds the volume.
     /// AttachedElsewhere when another node holds it; repeating is success.
     pub fn attach_to_node(&self, id: &str, node: &str) -> Result<()> {
-        let _ = (id, node);
-        todo!()
+        if node.is_empty() {
+            return Err(Error::InvalidArgument("empty node name".into()));
+        }
+        let _guard = self.lock_volume(id)?;
+        let mut vol = self.volume(id)?;
+        match &vol.attached_node {
+            Some(holder) if holder == node => Ok(()),
+            Some(holder) => Err(Error::AttachedElsewhere { id: id.into(), node: holder.clone() }),
+            None => {
+                vol.attached_node = Some(node.to_string());
+                self.write_volume(&vol)
+            }
+        }
     }
 
     /// Drops the attachment if `node` holds it; anything else is success.
     pub fn detach_from_node(&self, id: &str, node: &str) -> Result<()> {
-        let _ = (id, node);
-        todo!()
+        if id::validate(id).is_err() {
+            return Ok(());
+        }
+        let _guard = self.lock_volume(id)?;
+        let Some(mut vol) = self.read_volume(id)? else { return Ok(()) };
+        if vol.attached_node.as_deref() == Some(node) {
+            vol.attached_node = None;
+            self.write_volume(&vol)?;
+        }
+        Ok(())
+    }
+}
+
+/// Is an existing volume what `req` asks for? (CSI CreateVolume idempotency.)
+fn check_compatible(existing: &Volume, req: &CreateVolume, default_fs: FsType) -> Result<()> {
+    let conflict = |reason: String| Err(Error::VolumeNameConflict { name: req.name.clone(), reason });
+    if existing.name != req.name {
+        return conflict(format!("id {} belongs to volume {:?}", existing.id, existing.name));
+    }
+    let CapacityRange { required, limit } = req.capacity;
+    if existing.capacity_bytes < required || (limit != 0 && existing.capacity_bytes > limit) {
+        return conflict(format!("it has {} bytes", existing.capacity_bytes));
+    }
+    if existing.access_type != req.access_type {
+        return conflict(format!("it is a {} volume", existing.access_type.as_str()));
+    }
+    if req.access_type == AccessType::Mount
+        && req.source.is_none()
+        && req.fs_type.unwrap_or(default_fs) != existing.fs_type
+    {
+        return conflict(format!("it has a {} filesystem", existing.fs_type));
+    }
+    if existing.thick != req.thick {
+        return conflict(format!("thick is {}", existing.thick));
+    }
+    if existing.source != req.source {
+        return conflict("it has another content source".into());
+    }
+    Ok(())
+}
+
+fn check_max(size: u64) -> Result<()> {
+    // Files and loop devices are limited to i64 bytes.
+    if size > i64::MAX as u64 / 2 {
+        return Err(Error::SizeOutOfRange { requested: size, reason: "larger than a file can be".into() });
+    }
+    Ok(())
+}
+
+/// Picks the image size for a capacity range: the required size rounded up
+/// to whole MiB (exact when the limit leaves no room), at least what the
+/// filesystem and the content source need.
+fn choose_size(range: CapacityRange, default: u64, source: u64, fs: FsType, access: AccessType) -> Result<u64> {
+    let CapacityRange { required, limit } = range;
+    if limit != 0 && required > limit {
+        return Err(Error::SizeOutOfRange { requested: required, reason: format!("the limit {limit} is below it") });
+    }
+    let floor = match access {
+        AccessType::Mount => fs.min_size(),
+        AccessType::Block => SIZE_ALIGN,
+    }
+    .max(source);
+    let wanted = match (required, limit) {
+        (0, 0) => default.max(floor),
+        (0, l) => default.min(l).max(floor),
+        (r, _) => r.max(floor),
+    };
+    check_max(wanted)?;
+    let rounded = wanted.div_ceil(SIZE_ALIGN) * SIZE_ALIGN;
+    let size = if limit == 0 || rounded <= limit { rounded } else { wanted.div_ceil(512) * 512 };
+    if limit != 0 && size > limit {
+        let reason = if source > limit { "the content source is larger" } else { "the filesystem needs more" };
+        return Err(Error::SizeOutOfRange { requested: size, reason: format!("{reason} than the limit {limit}") });
+    }
+    Ok(size)
+}
+
+/// Bytes really allocated to a file (sparse images allocate on write).
+fn allocated(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+/// A new image: sparse, or preallocated when thick. ENOSPC is Exhausted.
+fn create_image(path: &Path, size: u64, thick: bool) -> Result<()> {
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io("create image", path, e))?;
+    drop(file);
+    grow_file(path, size, thick)
+}
+
+/// Extends an image to `size` (never shrinks), preallocating when thick.
+fn grow_file(path: &Path, size: u64, thick: bool) -> Result<()> {
+    let file = fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io("open image", path, e))?;
+    let len = file.metadata().map_err(|e| Error::io("stat image", path, e))?.len();
+    if size > len {
+        let size_i64 =
+            i64::try_from(size).map_err(|_| Error::SizeOutOfRange { requested: size, reason: "too large".into() })?;
+        if thick {
+            fallocate(file.as_fd(), FallocateFlags::empty(), 0, size_i64).map_err(|errno| match errno {
+                Errno::ENOSPC => Error::Exhausted { requested: size, available: 0 },
+                e => Error::sys("fallocate", path, e),
+            })?;
+        } else {
+            file.set_len(size).map_err(|e| Error::io("truncate image", path, e))?;
+        }
+    }
+    file.sync_all().map_err(|e| Error::io("fsync image", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn range(required: u64, limit: u64) -> CapacityRange {
+        CapacityRange { required, limit }
+    }
+
+    #[test]
+    fn sizes_follow_the_capacity_range() {
+        let m = AccessType::Mount;
+        assert_eq!(choose_size(range(0, 0), GIB, 0, FsType::Ext4, m).unwrap(), GIB);
+        assert_eq!(choose_size(range(10 * GIB, 10 * GIB), GIB, 0, FsType::Ext4, m).unwrap(), 10 * GIB);
+        assert_eq!(choose_size(range(MIB + 1, 0), GIB, 0, FsType::Ext4, m).unwrap(), 2 * MIB);
+        // Exact when the limit leaves no room for rounding to MiB.
+        assert_eq!(choose_size(range(MIB + 512, MIB + 512), GIB, 0, FsType::Ext4, m).unwrap(), MIB + 512);
+        assert_eq!(choose_size(range(0, 512 * MIB), GIB, 0, FsType::Ext4, m).unwrap(), 512 * MIB);
+        // xfs needs 300 MiB.
+        assert_eq!(choose_size(range(MIB, 0), GIB, 0, FsType::Xfs, m).unwrap(), 300 * MIB);
+        assert!(matches!(
+            choose_size(range(MIB, 100 * MIB), GIB, 0, FsType::Xfs, m),
+            Err(Error::SizeOutOfRange { .. })
+        ));
+        // A restore is at least as large as its source.
+        assert_eq!(choose_size(range(0, 0), MIB, 2 * GIB, FsType::Ext4, m).unwrap(), 2 * GIB);
+        assert!(matches!(
+            choose_size(range(GIB, GIB), GIB, 2 * GIB, FsType::Ext4, m),
+            Err(Error::SizeOutOfRange { .. })
+        ));
+        assert!(matches!(choose_size(range(2 * GIB, GIB), GIB, 0, FsType::Ext4, m), Err(Error::SizeOutOfRange { .. })));
+        assert!(matches!(choose_size(range(u64::MAX, 0), GIB, 0, FsType::Ext4, m), Err(Error::SizeOutOfRange { .. })));
     }
 }
