@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs loopvol's whole test suite. Installs the filesystem tools the
+# privileged tests need when they are missing (Debian/Ubuntu, as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
+command -v mkfs.btrfs >/dev/null || missing+=(btrfs-progs)
+command -v blkid >/dev/null && command -v losetup >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "missing tools: ${missing[*]} (install them, or run as root on Debian/Ubuntu)" >&2
+  fi
+fi
+# Loop devices need the loop driver; it is built in on most kernels.
+[ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
+
+cargo test --workspace --locked "$@"
