@@ -1,16 +1,38 @@
-//! Loop devices through /dev/loop-control and the loop ioctls (loop(4)).
-//! STUB: signatures fixed, bodies being written.
+//! Loop devices through /dev/loop-control and the loop ioctls (loop(4),
+//! include/uapi/linux/loop.h), without losetup.
+//!
+//! Which device backs an image is decided by the backing file's device and
+//! inode (LOOP_GET_STATUS64 `lo_device`/`lo_inode`), never by comparing path
+//! strings: a path can be renamed, deleted or reached through a bind mount.
+//!
+//! Races: `LOOP_CTL_GET_FREE` only names a device that is free right now;
+//! another process (losetup, another loopvol call) can configure it first, in
+//! which case LOOP_CONFIGURE answers EBUSY and we ask again. A device in
+//! autoclear teardown can still be listed for a moment, so a reused device is
+//! opened first (holding a reference) and then checked again.
 
-use std::os::fd::OwnedFd;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::error::Result;
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
 
 /// A bound loop device, e.g. `/dev/loop3`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoopDevice {
     pub number: u32,
     pub path: PathBuf,
+}
+
+impl LoopDevice {
+    /// The device `/dev/loop{number}` (bound or not).
+    pub fn from_number(number: u32) -> Self {
+        LoopDevice { number, path: PathBuf::from(format!("/dev/loop{number}")) }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,38 +53,447 @@ pub struct Attached {
     pub created: bool,
 }
 
-/// Idempotent: reuses the device already backed by `image` (matched by st_dev
-/// and st_ino), else LOOP_CTL_GET_FREE + LOOP_CONFIGURE, retrying on races.
+/// Raw kernel interface: structs and ioctl wrappers. In a private module
+/// because nix's ioctl macros generate `pub` functions.
+mod sys {
+    // include/uapi/linux/loop.h
+    pub const LO_NAME_SIZE: usize = 64;
+    pub const LO_KEY_SIZE: usize = 32;
+    pub const LO_FLAGS_READ_ONLY: u32 = 1;
+    pub const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct LoopInfo64 {
+        pub lo_device: u64,
+        pub lo_inode: u64,
+        pub lo_rdevice: u64,
+        pub lo_offset: u64,
+        pub lo_sizelimit: u64,
+        pub lo_number: u32,
+        pub lo_encrypt_type: u32,
+        pub lo_encrypt_key_size: u32,
+        pub lo_flags: u32,
+        pub lo_file_name: [u8; LO_NAME_SIZE],
+        pub lo_crypt_name: [u8; LO_NAME_SIZE],
+        pub lo_encrypt_key: [u8; LO_KEY_SIZE],
+        pub lo_init: [u64; 2],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct LoopConfig {
+        pub fd: u32,
+        pub block_size: u32,
+        pub info: LoopInfo64,
+        pub reserved: [u64; 8],
+    }
+
+    impl LoopInfo64 {
+        pub fn zeroed() -> Self {
+            LoopInfo64 {
+                lo_device: 0,
+                lo_inode: 0,
+                lo_rdevice: 0,
+                lo_offset: 0,
+                lo_sizelimit: 0,
+                lo_number: 0,
+                lo_encrypt_type: 0,
+                lo_encrypt_key_size: 0,
+                lo_flags: 0,
+                lo_file_name: [0; LO_NAME_SIZE],
+                lo_crypt_name: [0; LO_NAME_SIZE],
+                lo_encrypt_key: [0; LO_KEY_SIZE],
+                lo_init: [0; 2],
+            }
+        }
+    }
+
+    // The loop ioctls predate the _IOC encoding ("bad" ioctls in nix terms).
+    nix::ioctl_write_int_bad!(loop_set_fd, 0x4C00);
+    nix::ioctl_none_bad!(loop_clr_fd, 0x4C01);
+    nix::ioctl_write_ptr_bad!(loop_set_status64, 0x4C04, LoopInfo64);
+    nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
+    nix::ioctl_none_bad!(loop_set_capacity, 0x4C07);
+    nix::ioctl_write_ptr_bad!(loop_configure, 0x4C0A, LoopConfig);
+    nix::ioctl_none_bad!(loop_ctl_get_free, 0x4C82);
+    // include/uapi/linux/fs.h: BLKGETSIZE64 _IOR(0x12, 114, size_t), but the
+    // kernel writes a u64 whatever size_t is.
+    nix::ioctl_read_bad!(blkgetsize64, nix::request_code_read!(0x12, 114, std::mem::size_of::<libc::size_t>()), u64);
+
+    const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
+    const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
+}
+
+const LOOP_CONTROL: &str = "/dev/loop-control";
+
+/// How often attach asks for another free device after losing a race.
+const ATTACH_ATTEMPTS: u32 = 64;
+
+/// Set once LOOP_CONFIGURE (Linux 5.8) turned out to be unsupported, so we
+/// go straight to LOOP_SET_FD + LOOP_SET_STATUS64.
+static NO_LOOP_CONFIGURE: AtomicBool = AtomicBool::new(false);
+
+/// Identity of a file as the loop driver reports it: (major, minor, inode).
+/// Kept split because the kernel's `lo_device` (new_encode_dev) and
+/// userspace's st_dev (glibc makedev) encode a dev_t differently.
+type FileId = (u32, u32, u64);
+
+fn file_id_of_meta(meta: &std::fs::Metadata) -> FileId {
+    let dev = meta.dev();
+    (libc::major(dev), libc::minor(dev), meta.ino())
+}
+
+/// Decodes the kernel's huge_encode_dev()/new_encode_dev() form (include/linux/kdev_t.h).
+fn decode_kernel_dev(dev: u64) -> (u32, u32) {
+    let major = (dev & 0xfff00) >> 8;
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    // Both masks keep the values under 2^20.
+    (u32::try_from(major).unwrap_or(u32::MAX), u32::try_from(minor).unwrap_or(u32::MAX))
+}
+
+fn image_id(image: &Path) -> Result<FileId> {
+    let meta = std::fs::metadata(image).map_err(|e| Error::io("stat image", image, e))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidPath {
+            path: image.to_path_buf(),
+            reason: "a loop device image must be a regular file",
+        });
+    }
+    Ok(file_id_of_meta(&meta))
+}
+
+/// LOOP_GET_STATUS64: the backing file's id, and the loop flags; None when
+/// the device is not bound (ENXIO).
+fn status(fd: &File, device: &Path) -> Result<Option<(FileId, u32)>> {
+    let mut info = sys::LoopInfo64::zeroed();
+    // SAFETY: `fd` is an open loop device; the kernel writes one loop_info64
+    // into `info`, which is a properly sized and aligned #[repr(C)] struct.
+    match unsafe { sys::loop_get_status64(fd.as_raw_fd(), &mut info) } {
+        Ok(_) => {
+            let (major, minor) = decode_kernel_dev(info.lo_device);
+            Ok(Some(((major, minor, info.lo_inode), info.lo_flags)))
+        }
+        Err(Errno::ENXIO) => Ok(None),
+        Err(errno) => Err(Error::sys("LOOP_GET_STATUS64", device, errno)),
+    }
+}
+
+/// Opens a loop device (O_CLOEXEC: a spawned mkfs must not inherit it and so
+/// keep an autoclear device alive). `write` decides whether a device we
+/// configure is writable: loop_configure() makes the device read-only when
+/// it was opened without write access.
+fn open_device(path: &Path, write: bool) -> std::io::Result<File> {
+    std::fs::OpenOptions::new().read(true).write(write).custom_flags(libc::O_CLOEXEC).open(path)
+}
+
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(0))
+}
+
+/// Attaches `image` to a loop device and returns it with an open handle.
+///
+/// Idempotent: when a device already backed by `image` exists (matched by
+/// st_dev and st_ino) it is reused (`created: false`; its flags are left as
+/// they are). Otherwise LOOP_CTL_GET_FREE + LOOP_CONFIGURE (or LOOP_SET_FD +
+/// LOOP_SET_STATUS64 on kernels before 5.8), asking for another device when
+/// someone else configured ours first. The backing file is verified after
+/// attaching. Two concurrent attaches of the same image can still make two
+/// devices; callers serialise per volume (the pool's flock).
+///
+/// Errors: the image is missing or not a regular file (`Error::Io`,
+/// `Error::InvalidPath`); an existing device is read-only but read-write was
+/// asked for (`Error::Sys` with EROFS); no device could be obtained
+/// (`Error::NoLoopDevice`); any other ioctl failure (`Error::Sys`).
 pub fn attach(image: &Path, opts: AttachOptions) -> Result<Attached> {
-    let _ = (image, opts);
-    todo!()
+    let id = image_id(image)?;
+    for attempt in 0..ATTACH_ATTEMPTS {
+        if let Some(attached) = reuse(image, id, opts)? {
+            return Ok(attached);
+        }
+        match configure_free(image, id, opts)? {
+            Some(attached) => return Ok(attached),
+            None => tracing::debug!(image = %image.display(), attempt, "lost a race for a free loop device, retrying"),
+        }
+    }
+    Err(Error::NoLoopDevice(format!(
+        "gave up attaching {} after {ATTACH_ATTEMPTS} attempts: free devices kept being taken",
+        image.display()
+    )))
 }
 
-/// The device currently backed by `image`, if any.
+/// The existing device for `id`, opened and re-verified; None when there is
+/// none (or it vanished while we looked).
+fn reuse(image: &Path, id: FileId, opts: AttachOptions) -> Result<Option<Attached>> {
+    for (device, _) in list_ids()?.into_iter().filter(|(_, dev_id)| *dev_id == id) {
+        let file = match open_device(&device.path, !opts.read_only) {
+            Ok(file) => file,
+            Err(e) if matches!(errno_of(&e), Errno::ENOENT | Errno::ENXIO) => continue,
+            Err(e) if errno_of(&e) == Errno::EROFS || errno_of(&e) == Errno::EACCES => {
+                return Err(Error::sys("open existing read-only loop device read-write", &device.path, Errno::EROFS));
+            }
+            Err(e) => return Err(Error::io("open loop device", &device.path, e)),
+        };
+        // Our fd now pins the device; check it did not change hands between
+        // listing and opening (autoclear teardown, detach + reuse).
+        if let Some((now, flags)) = status(&file, &device.path)? {
+            if now == id {
+                if !opts.read_only && flags & sys::LO_FLAGS_READ_ONLY != 0 {
+                    return Err(Error::sys(
+                        "open existing read-only loop device read-write",
+                        &device.path,
+                        Errno::EROFS,
+                    ));
+                }
+                tracing::debug!(image = %image.display(), device = %device.path.display(), "reusing loop device");
+                return Ok(Some(Attached { device, handle: file.into(), created: false }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// One try at binding `image` to a free device. Ok(None): lost a race, try again.
+fn configure_free(image: &Path, id: FileId, opts: AttachOptions) -> Result<Option<Attached>> {
+    let control = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(LOOP_CONTROL)
+        .map_err(|e| Error::NoLoopDevice(format!("open {LOOP_CONTROL}: {e}")))?;
+    // SAFETY: `control` is an open /dev/loop-control; LOOP_CTL_GET_FREE takes
+    // no argument and returns a device number (creating one if needed).
+    let number = unsafe { sys::loop_ctl_get_free(control.as_raw_fd()) }
+        .map_err(|errno| Error::NoLoopDevice(format!("LOOP_CTL_GET_FREE: {errno}")))?;
+    drop(control);
+    let device = LoopDevice::from_number(
+        u32::try_from(number).map_err(|_| Error::NoLoopDevice(format!("LOOP_CTL_GET_FREE returned {number}")))?,
+    );
+
+    let loop_file = match open_device(&device.path, !opts.read_only) {
+        Ok(file) => file,
+        // Removed (LOOP_CTL_REMOVE) between GET_FREE and open: ask again.
+        Err(e) if matches!(errno_of(&e), Errno::ENOENT | Errno::ENXIO) => return Ok(None),
+        Err(e) => return Err(Error::io("open loop device", &device.path, e)),
+    };
+    let backing = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!opts.read_only)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(image)
+        .map_err(|e| Error::io("open image", image, e))?;
+    // The image could have been replaced between stat and open.
+    let opened_id = file_id_of_meta(&backing.metadata().map_err(|e| Error::io("stat image", image, e))?);
+    if opened_id != id {
+        return Err(Error::io("open image", image, std::io::Error::other("image was replaced while attaching")));
+    }
+
+    let mut info = sys::LoopInfo64::zeroed();
+    if opts.autoclear {
+        info.lo_flags |= sys::LO_FLAGS_AUTOCLEAR;
+    }
+    if opts.read_only {
+        info.lo_flags |= sys::LO_FLAGS_READ_ONLY;
+    }
+    // Informational only (losetup -l shows it); truncated, NUL-terminated.
+    let name = image.as_os_str().as_encoded_bytes();
+    let n = name.len().min(sys::LO_NAME_SIZE - 1);
+    info.lo_file_name[..n].copy_from_slice(&name[..n]);
+
+    let configured = if NO_LOOP_CONFIGURE.load(Ordering::Relaxed) {
+        set_fd_and_status(&loop_file, &backing, &device, &info)?
+    } else {
+        let config = sys::LoopConfig {
+            fd: u32::try_from(backing.as_raw_fd())
+                .map_err(|_| Error::sys("LOOP_CONFIGURE", &device.path, Errno::EBADF))?,
+            block_size: 0, // 0: the default, 512
+            info,
+            reserved: [0; 8],
+        };
+        // SAFETY: `loop_file` is an open loop device and `config` a fully
+        // initialised loop_config that outlives the call; the kernel only reads it.
+        match unsafe { sys::loop_configure(loop_file.as_raw_fd(), &config) } {
+            Ok(_) => true,
+            // Someone else configured this device after GET_FREE answered.
+            Err(Errno::EBUSY) => false,
+            // LOOP_CONFIGURE is Linux 5.8+; older kernels answer EINVAL or ENOTTY.
+            Err(Errno::EINVAL) | Err(Errno::ENOTTY) => {
+                tracing::info!("LOOP_CONFIGURE unsupported, using LOOP_SET_FD + LOOP_SET_STATUS64");
+                NO_LOOP_CONFIGURE.store(true, Ordering::Relaxed);
+                set_fd_and_status(&loop_file, &backing, &device, &info)?
+            }
+            Err(errno) => return Err(Error::sys("LOOP_CONFIGURE", &device.path, errno)),
+        }
+    };
+    if !configured {
+        return Ok(None);
+    }
+    // The device holds its own reference to the backing file now.
+    drop(backing);
+
+    match status(&loop_file, &device.path)? {
+        Some((now, _)) if now == id => {
+            tracing::debug!(image = %image.display(), device = %device.path.display(), "attached loop device");
+            Ok(Some(Attached { device, handle: loop_file.into(), created: true }))
+        }
+        // Cannot happen while we hold the fd, unless someone detached and
+        // reused the device in between; it is not ours to detach then.
+        _ => Ok(None),
+    }
+}
+
+/// The pre-5.8 way: LOOP_SET_FD then LOOP_SET_STATUS64 (a window in which
+/// the device is bound without autoclear; undone on failure). Ok(false): lost a race.
+fn set_fd_and_status(loop_file: &File, backing: &File, device: &LoopDevice, info: &sys::LoopInfo64) -> Result<bool> {
+    let fd = libc::c_int::from(backing.as_raw_fd());
+    // SAFETY: `loop_file` is an open loop device; LOOP_SET_FD takes the
+    // backing file's descriptor as an integer argument, which is open.
+    match unsafe { sys::loop_set_fd(loop_file.as_raw_fd(), fd) } {
+        Ok(_) => {}
+        Err(Errno::EBUSY) => return Ok(false),
+        Err(errno) => return Err(Error::sys("LOOP_SET_FD", &device.path, errno)),
+    }
+    // SAFETY: `info` is a fully initialised loop_info64 that outlives the
+    // call; the kernel only reads it. (LO_FLAGS_READ_ONLY is ignored here:
+    // LOOP_SET_FD took read-only-ness from how the files were opened.)
+    if let Err(errno) = unsafe { sys::loop_set_status64(loop_file.as_raw_fd(), info) } {
+        // SAFETY: `loop_file` is the loop device we just bound; LOOP_CLR_FD takes no argument.
+        let _ = unsafe { sys::loop_clr_fd(loop_file.as_raw_fd()) };
+        return Err(Error::sys("LOOP_SET_STATUS64", &device.path, errno));
+    }
+    Ok(true)
+}
+
+/// The device currently backed by `image`, if any (the lowest-numbered one
+/// when several are). Read-only lookup.
+///
+/// Errors: `image` cannot be stat'ed or is not a regular file; /sys/block
+/// cannot be read; a LOOP_GET_STATUS64 failure other than ENXIO.
 pub fn find(image: &Path) -> Result<Option<LoopDevice>> {
-    let _ = image;
-    todo!()
+    let id = image_id(image)?;
+    Ok(list_ids()?.into_iter().find(|(_, dev_id)| *dev_id == id).map(|(device, _)| device))
 }
 
-/// Every bound loop device with the (st_dev, st_ino) of its backing file.
+/// Every bound loop device with the (st_dev, st_ino) of its backing file,
+/// st_dev encoded as `std::os::unix::fs::MetadataExt::dev` reports it, so it
+/// can be compared with a `metadata()` of an image. Sorted by device number.
+/// Read-only; devices that are unbound while we look are left out.
+///
+/// Errors: /sys/block cannot be read (`Error::Io`); LOOP_GET_STATUS64 fails
+/// other than with ENXIO (`Error::Sys`).
 pub fn list() -> Result<Vec<(LoopDevice, u64, u64)>> {
-    todo!()
+    Ok(list_ids()?
+        .into_iter()
+        .map(|(device, (major, minor, ino))| (device, libc::makedev(major, minor), ino))
+        .collect())
 }
 
-/// LOOP_CLR_FD; a device that is already free is success.
+fn list_ids() -> Result<Vec<(LoopDevice, FileId)>> {
+    let mut numbers = bound_numbers()?;
+    numbers.sort_unstable();
+    let mut out = Vec::with_capacity(numbers.len());
+    for number in numbers {
+        let device = LoopDevice::from_number(number);
+        let file = match open_device(&device.path, false) {
+            Ok(file) => file,
+            // Gone (LOOP_CTL_REMOVE) or no node for it in this /dev.
+            Err(e) if matches!(errno_of(&e), Errno::ENOENT | Errno::ENXIO | Errno::ENODEV) => continue,
+            Err(e) => return Err(Error::io("open loop device", &device.path, e)),
+        };
+        if let Some((id, _)) = status(&file, &device.path)? {
+            out.push((device, id));
+        }
+    }
+    Ok(out)
+}
+
+/// Numbers of loop devices with a backing file: /sys/block/loopN/loop
+/// exists only while the device is bound (drivers/block/loop.c, loop_sysfs_init).
+fn bound_numbers() -> Result<Vec<u32>> {
+    const SYS_BLOCK: &str = "/sys/block";
+    let entries = std::fs::read_dir(SYS_BLOCK).map_err(|e| Error::io("read directory", SYS_BLOCK, e))?;
+    let mut numbers = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read directory", SYS_BLOCK, e))?;
+        let name = entry.file_name();
+        let Some(number) = name.to_str().and_then(|n| n.strip_prefix("loop")).and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if entry.path().join("loop").exists() {
+            numbers.push(number);
+        }
+    }
+    Ok(numbers)
+}
+
+/// Detaches `device` with LOOP_CLR_FD. Idempotent: a device that is already
+/// free (ENXIO) or gone (ENOENT) is success. A device that is still open or
+/// mounted is only marked autoclear by the kernel and goes away when its last
+/// user does.
+///
+/// Errors: any other open or ioctl failure (`Error::Io`, `Error::Sys`).
 pub fn detach(device: &LoopDevice) -> Result<()> {
-    let _ = device;
-    todo!()
+    let file = match open_device(&device.path, false) {
+        Ok(file) => file,
+        Err(e) if matches!(errno_of(&e), Errno::ENOENT | Errno::ENXIO) => return Ok(()),
+        Err(e) => return Err(Error::io("open loop device", &device.path, e)),
+    };
+    // SAFETY: `file` is an open loop device; LOOP_CLR_FD takes no argument.
+    match unsafe { sys::loop_clr_fd(file.as_raw_fd()) } {
+        Ok(_) | Err(Errno::ENXIO) => {
+            tracing::debug!(device = %device.path.display(), "detached loop device");
+            Ok(())
+        }
+        Err(errno) => Err(Error::sys("LOOP_CLR_FD", &device.path, errno)),
+    }
 }
 
-/// LOOP_SET_CAPACITY after the backing file grew.
+/// LOOP_SET_CAPACITY after the backing file grew: the device (and a
+/// filesystem on it) sees the new size. Idempotent.
+///
+/// Note: opening and closing an autoclear device that nobody else holds
+/// detaches it; callers hold the device (mounted or via `Attached::handle`).
+///
+/// Errors: the device is missing or unbound (`Error::Io`/`Error::Sys` ENXIO).
 pub fn refresh_capacity(device: &LoopDevice) -> Result<()> {
-    let _ = device;
-    todo!()
+    let file = open_device(&device.path, false).map_err(|e| Error::io("open loop device", &device.path, e))?;
+    // SAFETY: `file` is an open loop device; LOOP_SET_CAPACITY takes no argument.
+    unsafe { sys::loop_set_capacity(file.as_raw_fd()) }
+        .map_err(|errno| Error::sys("LOOP_SET_CAPACITY", &device.path, errno))?;
+    Ok(())
 }
 
-/// BLKGETSIZE64 of any block device.
+/// Size in bytes of any block device (BLKGETSIZE64). Read-only.
+///
+/// Errors: cannot open (`Error::Io`); not a block device (`Error::Sys` ENOTTY).
 pub fn size_bytes(device: &Path) -> Result<u64> {
-    let _ = device;
-    todo!()
+    let file = open_device(device, false).map_err(|e| Error::io("open block device", device, e))?;
+    let mut size: u64 = 0;
+    // SAFETY: `file` is open; BLKGETSIZE64 writes one u64 into `size`.
+    unsafe { sys::blkgetsize64(file.as_raw_fd(), &mut size) }
+        .map_err(|errno| Error::sys("BLKGETSIZE64", device, errno))?;
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_kernel_dev_encoding() {
+        // new_encode_dev(MKDEV(254, 0)) and a large minor.
+        assert_eq!(decode_kernel_dev(0xfe00), (254, 0));
+        let (major, minor) = (0x123u64, 0x45678u64);
+        let encoded = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+        assert_eq!(decode_kernel_dev(encoded), (0x123, 0x45678));
+        // glibc's makedev round-trips through libc::major/minor.
+        let dev = libc::makedev(0x123, 0x45678);
+        assert_eq!((libc::major(dev), libc::minor(dev)), (0x123, 0x45678));
+    }
+
+    #[test]
+    fn device_path_from_number() {
+        assert_eq!(LoopDevice::from_number(7).path, Path::new("/dev/loop7"));
+    }
 }
