@@ -8,7 +8,8 @@ missing=()
 command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
 command -v mkfs.btrfs >/dev/null || missing+=(btrfs-progs)
-command -v blkid >/dev/null && command -v losetup >/dev/null || missing+=(util-linux)
+command -v blkid >/dev/null || missing+=(util-linux)
+command -v losetup >/dev/null || missing+=(mount)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${missing[*]}"

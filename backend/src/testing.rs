@@ -16,3 +16,73 @@ pub fn privileged(test: &str) -> bool {
     eprintln!("SKIPPED privileged test {test}: {why} (set LOOPVOL_REQUIRE_PRIVILEGED=1 to make this fail)");
     false
 }
+
+/// A temporary directory for one test that, when dropped, unmounts every
+/// mount below it and detaches every loop device backed by a file below it,
+/// so a failing test leaks nothing.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::Builder::new().prefix("loopvol-test-").tempdir().expect("create a temp dir");
+        Sandbox { dir }
+    }
+
+    /// The sandbox directory, canonical (mountinfo and sysfs report canonical paths).
+    pub fn path(&self) -> std::path::PathBuf {
+        std::fs::canonicalize(self.dir.path()).expect("canonical temp dir")
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        cleanup_under(&self.path());
+    }
+}
+
+/// Unmounts everything mounted below `root` (deepest first, lazily so a busy
+/// mount cannot stop the cleanup) and detaches loop devices backed below it.
+pub fn cleanup_under(root: &std::path::Path) {
+    for _ in 0..8 {
+        let Ok(mounts) = crate::mountinfo::read() else { break };
+        let mut under: Vec<_> =
+            mounts.into_iter().map(|m| m.mount_point).filter(|p| p.starts_with(root)).collect();
+        if under.is_empty() {
+            break;
+        }
+        under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in under {
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    for (dev, backing) in loop_devices() {
+        if backing.starts_with(root) {
+            let _ = crate::loopdev::detach(&dev);
+        }
+    }
+}
+
+/// Bound loop devices and the path of their backing files, from sysfs.
+pub fn loop_devices() -> Vec<(crate::loopdev::LoopDevice, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return out };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(number) = name.strip_prefix("loop").and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else { continue };
+        let backing = backing.trim_end().trim_end_matches(" (deleted)").to_string();
+        out.push((
+            crate::loopdev::LoopDevice { number, path: std::path::PathBuf::from(format!("/dev/loop{number}")) },
+            backing.into(),
+        ));
+    }
+    out
+}
