@@ -1,0 +1,330 @@
+//! Runs the built driver exactly as kubelet does (spec §1.2): an argv array,
+//! no shell, stdin from /dev/null, stdout and stderr merged into one pipe,
+//! read to EOF, and the whole buffer must be exactly one JSON object.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use base64::Engine;
+use serde_json::Value;
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_loopvol");
+pub const SECRET: &str = "s3cr3t-Pa55w0rd-do-not-leak";
+pub const INIT_FALSE: &str = r#"{"status":"Success","capabilities":{"attach":false,"selinuxRelabel":true,"fsGroup":true,"supportsMetrics":true,"requiresFSResize":true}}"#;
+pub const INIT_TRUE: &str = r#"{"status":"Success","capabilities":{"attach":true,"selinuxRelabel":true,"fsGroup":true,"supportsMetrics":true,"requiresFSResize":true}}"#;
+pub const SUCCESS: &str = r#"{"status":"Success"}"#;
+pub const NOT_SUPPORTED: &str = r#"{"status":"Not supported"}"#;
+
+pub fn secret_b64() -> String {
+    base64::engine::general_purpose::STANDARD.encode(SECRET)
+}
+
+/// One call's result.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    /// The merged stdout+stderr bytes.
+    pub raw: String,
+    pub json: Value,
+}
+
+impl Out {
+    pub fn status(&self) -> &str {
+        self.json["status"].as_str().unwrap_or("")
+    }
+
+    pub fn message(&self) -> &str {
+        self.json["message"].as_str().unwrap_or("")
+    }
+
+    /// The reply, trimmed, for golden comparisons.
+    pub fn line(&self) -> &str {
+        self.raw.trim()
+    }
+
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.status(), "Success", "expected Success: {}", self.raw);
+        assert_eq!(self.code, 0);
+        self
+    }
+
+    #[track_caller]
+    pub fn failed(&self) -> &Self {
+        assert_eq!(self.status(), "Failure", "expected Failure: {}", self.raw);
+        assert!(!self.message().is_empty(), "a Failure carries a message: {}", self.raw);
+        self
+    }
+
+    #[track_caller]
+    pub fn golden(&self, want: &str) -> &Self {
+        assert_eq!(self.line(), want);
+        self
+    }
+}
+
+/// Runs `exe args...` as kubelet does, with a minimal environment plus `env`.
+pub fn run_exe(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
+    let (mut reader, writer) = std::io::pipe().expect("pipe");
+    let mut child = {
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone().expect("dup pipe"))
+            .stderr(writer);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("spawn driver")
+        // `cmd` (holding our copies of the write end) is dropped here, so EOF
+        // comes when the driver and anything it left behind close theirs.
+    };
+    let mut buf = Vec::new();
+    reader.read_to_end(&mut buf).expect("read merged output");
+    let status = child.wait().expect("wait");
+    let raw = String::from_utf8(buf.clone()).expect("output is utf-8");
+    let values: Vec<_> = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>().collect();
+    assert_eq!(values.len(), 1, "exactly one JSON value expected in {raw:?}");
+    let json = match values.into_iter().next() {
+        Some(Ok(v)) => v,
+        other => panic!("not JSON ({other:?}): {raw:?}"),
+    };
+    assert!(json.is_object(), "a JSON object expected: {raw:?}");
+    let code = status.code().expect("exited normally");
+    let st = json["status"].as_str().expect("status is a string");
+    assert!(["Success", "Failure", "Not supported"].contains(&st), "{raw}");
+    if st == "Success" {
+        assert_eq!(code, 0, "Success implies exit 0");
+    }
+    for key in ["message", "device"] {
+        assert!(json.get(key).is_none_or(Value::is_string), "{key} must be a string: {raw}");
+    }
+    assert!(json.get("attached").is_none_or(Value::is_boolean), "{raw}");
+    Out { code, raw, json }
+}
+
+/// A temp world: pool, state dir, kubelet root, config file.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub pool: PathBuf,
+    pub state: PathBuf,
+    pub kubelet: PathBuf,
+    pub config: PathBuf,
+}
+
+impl World {
+    pub fn new(attach: bool) -> World {
+        let dir = tempfile::Builder::new().prefix("loopvol-flex-").tempdir().expect("tempdir");
+        let pool = dir.path().join("pool");
+        let state = dir.path().join("state");
+        let kubelet = dir.path().join("kubelet");
+        std::fs::create_dir_all(&kubelet).unwrap();
+        let config = dir.path().join("config.json");
+        let world = World { dir, pool, state, kubelet, config };
+        world.write_config(attach);
+        world
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Out {
+        let mut env = vec![("LOOPVOL_FLEX_CONFIG", self.config.to_str().unwrap())];
+        env.extend_from_slice(extra);
+        run_exe(Path::new(EXE), args, &env)
+    }
+
+    /// Writes a config file with these keys (pool and stateDir added).
+    pub fn write_config(&self, attach: bool) {
+        let text = serde_json::json!({
+            "pool": self.pool, "stateDir": self.state, "attach": attach, "defaultFsType": "ext4", "defaultSize": "64Mi"
+        });
+        std::fs::write(&self.config, text.to_string()).unwrap();
+    }
+
+    /// Kubelet's pod volume dir, created as kubelet does before `mount`.
+    pub fn pod_dir(&self, pod: &str, vol: &str) -> PathBuf {
+        let p = self.kubelet.join("pods").join(pod).join("volumes/loopvol~loopvol").join(vol);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Kubelet's global (device mount) dir for attach:true.
+    pub fn global_dir(&self, vol: &str) -> PathBuf {
+        let p = self.kubelet.join("plugins/kubernetes.io/flexvolume/loopvol/loopvol/mounts").join(vol);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    pub fn staging(&self, id: &str) -> PathBuf {
+        self.state.join("staging").join(id)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("loopvol-flex.log")).unwrap_or_default()
+    }
+
+    /// Unmounts and detaches everything of this world, also when a test failed.
+    pub fn guard(&self) -> Guard {
+        Guard { root: self.dir.path().to_path_buf(), pool: self.pool.clone() }
+    }
+}
+
+/// Kubelet-shaped `mount` options (spec §2) for the PV `pv`, plus `extra`.
+pub fn mount_json(pv: &str, extra: &[(&str, &str)]) -> String {
+    let mut m: BTreeMap<String, String> = [
+        ("kubernetes.io/fsType", ""),
+        ("kubernetes.io/readwrite", "rw"),
+        ("kubernetes.io/pvOrVolumeName", pv),
+        ("kubernetes.io/pod.name", "web-0"),
+        ("kubernetes.io/pod.namespace", "default"),
+        ("kubernetes.io/pod.uid", "0b7c2f0e-4a1d-4c59-9a5e-1f2e3d4c5b6a"),
+        ("kubernetes.io/serviceAccount.name", "default"),
+        ("kubernetes.io/mounterArgs.FsGroup", "2000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    m.insert("kubernetes.io/secret/password".into(), secret_b64());
+    m.insert("kubernetes.io/secret/user".into(), base64::engine::general_purpose::STANDARD.encode("admin"));
+    for (k, v) in extra {
+        m.insert(k.to_string(), v.to_string());
+    }
+    serde_json::to_string(&m).unwrap()
+}
+
+/// Options of the calls that carry only the base keys (attach, mountdevice, ...).
+pub fn base_json(pv: &str, extra: &[(&str, &str)]) -> String {
+    let mut m: BTreeMap<String, String> =
+        [("kubernetes.io/fsType", ""), ("kubernetes.io/readwrite", "rw"), ("kubernetes.io/pvOrVolumeName", pv)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    for (k, v) in extra {
+        m.insert(k.to_string(), v.to_string());
+    }
+    serde_json::to_string(&m).unwrap()
+}
+
+pub struct MountEntry {
+    pub mount_point: PathBuf,
+    pub options: String,
+}
+
+/// Decodes mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1..i + 4).is_some_and(|o| o.iter().all(|c| (b'0'..=b'7').contains(c))) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn mounts() -> Vec<MountEntry> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Some(MountEntry { mount_point: PathBuf::from(unescape(f.get(4)?)), options: f.get(5)?.to_string() })
+        })
+        .collect()
+}
+
+/// How many mounts sit exactly at `path`.
+pub fn mount_count(path: &Path) -> usize {
+    mounts().iter().filter(|m| m.mount_point == path).count()
+}
+
+pub fn is_read_only_mount(path: &Path) -> bool {
+    mounts().iter().rev().find(|m| m.mount_point == path).is_some_and(|m| m.options.split(',').any(|o| o == "ro"))
+}
+
+/// Loop devices whose backing file lies under `dir`.
+pub fn loops_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return found };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        if let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+            let backing = backing.trim().trim_end_matches(" (deleted)");
+            if Path::new(backing).starts_with(dir) {
+                found.push(format!("/dev/{name}"));
+            }
+        }
+    }
+    found
+}
+
+pub struct Guard {
+    root: PathBuf,
+    pool: PathBuf,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Deepest first, so bind mounts go before what they were bound from.
+        for _ in 0..3 {
+            let mut under: Vec<PathBuf> =
+                mounts().into_iter().map(|m| m.mount_point).filter(|p| p.starts_with(&self.root)).collect();
+            if under.is_empty() {
+                break;
+            }
+            under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+            for p in under {
+                let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        for dev in loops_under(&self.pool) {
+            let _ = Command::new("losetup").arg("-d").arg(&dev).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// A recursive listing with sizes, modes and mtimes, to prove nothing changed.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, u32, i64, i64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&d).unwrap();
+        out.push((d.clone(), meta.len(), meta.mode(), meta.mtime(), meta.mtime_nsec()));
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `loopvol install` into `plugin_dir`; returns the installed executable.
+pub fn install(plugin_dir: &Path, config: Option<&Path>) -> (Out, PathBuf) {
+    let mut args = vec!["install", "--plugin-dir", plugin_dir.to_str().unwrap()];
+    if let Some(c) = config {
+        args.extend(["--config", c.to_str().unwrap()]);
+    }
+    let out = run_exe(Path::new(EXE), &args, &[]);
+    (out, plugin_dir.join("loopvol~loopvol/loopvol"))
+}
