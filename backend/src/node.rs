@@ -97,10 +97,14 @@ impl Pool {
         let rdev = nix::sys::stat::stat(&device.path).map(|st| st.st_rdev).unwrap_or(0);
         let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
         let node_name = format!("/{}", device.path.file_name().unwrap_or_default().to_string_lossy());
+        let source = device.path.to_string_lossy();
         let mut mount_points: Vec<PathBuf> = mounts
             .iter()
             .filter(|e| {
+                // btrfs reports an anonymous device number, so the source
+                // counts too; block publishes are binds of the device node.
                 (u64::from(e.major) == major && u64::from(e.minor) == minor)
+                    || (e.source == source && e.fs_type != "devtmpfs")
                     || (e.fs_type == "devtmpfs" && e.root.as_os_str() == node_name.as_str())
             })
             .map(|e| e.mount_point.clone())
@@ -522,8 +526,13 @@ impl Pool {
         let path = clean_path(path)?;
         let mounts = mountinfo::read()?;
         let Some(top) = mountinfo::at(&mounts, &path).last().copied() else { return Ok(None) };
+        // The loop device behind the mount: the bound device node (block), the
+        // mount source, or the device number (btrfs reports an anonymous one,
+        // so the source comes first).
         let sys = if top.fs_type == "devtmpfs" {
             let name = top.root.to_string_lossy().trim_start_matches('/').to_string();
+            PathBuf::from(format!("/sys/block/{name}/loop/backing_file"))
+        } else if let Some(name) = top.source.strip_prefix("/dev/").filter(|n| n.starts_with("loop")) {
             PathBuf::from(format!("/sys/block/{name}/loop/backing_file"))
         } else {
             PathBuf::from(format!("/sys/dev/block/{}:{}/loop/backing_file", top.major, top.minor))

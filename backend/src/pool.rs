@@ -765,6 +765,7 @@ fn choose_size(range: CapacityRange, default: u64, source: u64, fs: FsType, acce
     }
     .max(source);
     let wanted = match (required, limit) {
+        (0, 0) if source > 0 => floor,
         (0, 0) => default.max(floor),
         (0, l) => default.min(l).max(floor),
         (r, _) => r.max(floor),
