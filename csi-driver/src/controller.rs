@@ -1,0 +1,436 @@
+//! Controller service. Volumes are node-local, so the controller runs on the
+//! node that owns the pool (external-provisioner in `--node-deployment`
+//! mode): no ControllerPublish, topology pins every volume to this node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use loopvol_backend::{AccessType, CapacityRange, CreateVolume, FsType, Snapshot, Source, Volume};
+use loopvol_proto::v1 as csi;
+use loopvol_proto::v1::controller_server::Controller;
+use loopvol_proto::v1::controller_service_capability::rpc::Type as CapType;
+use loopvol_proto::v1::controller_service_capability::{Rpc, Type as OneOf};
+use loopvol_proto::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
+use tonic::{Request, Response, Status};
+
+use crate::capability;
+use crate::driver::{bytes, required, timestamp, to_i64, Driver};
+use crate::pagination;
+
+/// StorageClass parameters loopvol understands.
+pub const PARAM_FS_TYPE: &str = "fsType";
+pub const PARAM_THICK: &str = "thick";
+/// Keys the sidecars add (`csi.storage.k8s.io/pv/name`, `.../fstype`, ...).
+pub const K8S_PREFIX: &str = "csi.storage.k8s.io/";
+const K8S_FS_TYPE: &str = "csi.storage.k8s.io/fstype";
+
+pub struct ControllerService(pub Arc<Driver>);
+
+/// The StorageClass parameters of a create, checked.
+#[derive(Debug, Default)]
+pub struct Parameters {
+    pub fs_type: Option<FsType>,
+    pub thick: bool,
+    /// What the volume record keeps (the sidecars' keys are dropped).
+    pub kept: BTreeMap<String, String>,
+}
+
+pub fn parse_parameters(params: &HashMap<String, String>) -> Result<Parameters, Status> {
+    let mut out = Parameters::default();
+    for (key, value) in params {
+        match key.as_str() {
+            PARAM_FS_TYPE | K8S_FS_TYPE => {
+                if !value.is_empty() {
+                    out.fs_type = Some(value.parse().map_err(crate::status::to_status)?);
+                }
+            }
+            PARAM_THICK => {
+                out.thick = match value.as_str() {
+                    "true" => true,
+                    "false" | "" => false,
+                    other => {
+                        return Err(Status::invalid_argument(format!("parameter thick={other:?}: want true or false")))
+                    }
+                };
+            }
+            k if k.starts_with(K8S_PREFIX) => continue,
+            other => return Err(Status::invalid_argument(format!("unknown parameter {other:?}"))),
+        }
+        out.kept.insert(key.clone(), value.clone());
+    }
+    Ok(out)
+}
+
+fn csi_source(source: &Option<Source>) -> Option<csi::VolumeContentSource> {
+    let r#type = match source.as_ref()? {
+        Source::Snapshot(id) => SourceType::Snapshot(SnapshotSource { snapshot_id: id.clone() }),
+        Source::Volume(id) => SourceType::Volume(VolumeSource { volume_id: id.clone() }),
+    };
+    Some(csi::VolumeContentSource { r#type: Some(r#type) })
+}
+
+impl ControllerService {
+    fn csi_volume(&self, vol: &Volume) -> csi::Volume {
+        csi::Volume {
+            capacity_bytes: to_i64(vol.capacity_bytes),
+            volume_id: vol.id.clone(),
+            volume_context: HashMap::new(),
+            content_source: csi_source(&vol.source),
+            accessible_topology: vec![self.0.topology()],
+        }
+    }
+}
+
+pub fn csi_snapshot(snap: &Snapshot) -> csi::Snapshot {
+    csi::Snapshot {
+        size_bytes: to_i64(snap.size_bytes),
+        snapshot_id: snap.id.clone(),
+        source_volume_id: snap.source_volume_id.clone(),
+        creation_time: Some(timestamp(snap.created_at)),
+        ready_to_use: snap.ready,
+        group_snapshot_id: snap.group_id.clone().unwrap_or_default(),
+    }
+}
+
+fn condition(c: loopvol_backend::Condition) -> csi::VolumeCondition {
+    csi::VolumeCondition { abnormal: c.abnormal, message: c.message }
+}
+
+const CAPABILITIES: [CapType; 11] = [
+    CapType::CreateDeleteVolume,
+    CapType::ListVolumes,
+    CapType::GetCapacity,
+    CapType::CreateDeleteSnapshot,
+    CapType::ListSnapshots,
+    CapType::GetSnapshot,
+    CapType::CloneVolume,
+    CapType::ExpandVolume,
+    CapType::GetVolume,
+    CapType::VolumeCondition,
+    CapType::SingleNodeMultiWriter,
+];
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn create_volume(
+        &self,
+        req: Request<csi::CreateVolumeRequest>,
+    ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
+        let req = req.into_inner();
+        required(&req.name, "name")?;
+        let wanted = capability::require_all(&req.volume_capabilities)?;
+        let params = parse_parameters(&req.parameters)?;
+        let range = req.capacity_range.unwrap_or_default();
+        let capacity = CapacityRange {
+            required: bytes(range.required_bytes, "required_bytes")?,
+            limit: bytes(range.limit_bytes, "limit_bytes")?,
+        };
+        if let Some(topo) = &req.accessibility_requirements {
+            let mut wanted_nodes = topo.requisite.iter().chain(&topo.preferred).peekable();
+            if wanted_nodes.peek().is_some() && !wanted_nodes.any(|t| self.0.is_this_node(t)) {
+                return Err(Status::resource_exhausted(format!(
+                    "volumes of this driver live on node {:?}, which the accessibility requirements exclude",
+                    self.0.node_id
+                )));
+            }
+        }
+        let source = match req.volume_content_source.and_then(|s| s.r#type) {
+            None => None,
+            Some(SourceType::Snapshot(s)) => {
+                Some(Source::Snapshot(required(&s.snapshot_id, "snapshot_id")?.to_string()))
+            }
+            Some(SourceType::Volume(v)) => Some(Source::Volume(required(&v.volume_id, "volume_id")?.to_string())),
+        };
+        let create = CreateVolume {
+            name: req.name,
+            id: None,
+            capacity,
+            // The capability's fs type wins over the StorageClass parameter.
+            fs_type: match wanted.access_type {
+                AccessType::Mount => wanted.fs_type.or(params.fs_type),
+                AccessType::Block => None,
+            },
+            access_type: wanted.access_type,
+            thick: params.thick,
+            source,
+            parameters: params.kept,
+        };
+        let vol = self.0.run(move |pool| pool.create_volume(&create)).await?;
+        Ok(Response::new(csi::CreateVolumeResponse { volume: Some(self.csi_volume(&vol)) }))
+    }
+
+    async fn delete_volume(
+        &self,
+        req: Request<csi::DeleteVolumeRequest>,
+    ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
+        let id = required(&req.get_ref().volume_id, "volume_id")?.to_string();
+        self.0.run(move |pool| pool.delete_volume(&id)).await?;
+        Ok(Response::new(csi::DeleteVolumeResponse {}))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        _: Request<csi::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
+        Err(Status::unimplemented("volumes are node-local: there is nothing to attach (no PUBLISH_UNPUBLISH_VOLUME)"))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _: Request<csi::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
+        Err(Status::unimplemented("volumes are node-local: there is nothing to detach (no PUBLISH_UNPUBLISH_VOLUME)"))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        req: Request<csi::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
+        let req = req.into_inner();
+        let id = required(&req.volume_id, "volume_id")?.to_string();
+        if req.volume_capabilities.is_empty() {
+            return Err(Status::invalid_argument("volume_capabilities are required"));
+        }
+        let mut problem = None;
+        let mut checked = Vec::with_capacity(req.volume_capabilities.len());
+        for cap in &req.volume_capabilities {
+            let wanted = capability::parse(cap)?;
+            if let Some(reason) = capability::unsupported_reason(wanted.mode) {
+                problem.get_or_insert_with(|| reason.to_string());
+            }
+            checked.push(wanted);
+        }
+        params_ok(&req.parameters)?;
+        let vol = self.0.run(move |pool| pool.volume(&id)).await?;
+        for wanted in &checked {
+            if wanted.access_type != vol.access_type {
+                problem.get_or_insert_with(|| format!("volume {} is a {} volume", vol.id, vol.access_type.as_str()));
+            }
+            if let Some(fs) = wanted.fs_type.filter(|fs| vol.access_type == AccessType::Mount && *fs != vol.fs_type) {
+                problem.get_or_insert_with(|| format!("volume {} holds {}, not {fs}", vol.id, vol.fs_type));
+            }
+        }
+        let response = match problem {
+            Some(message) => csi::ValidateVolumeCapabilitiesResponse { confirmed: None, message },
+            None => csi::ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
+                    volume_context: req.volume_context,
+                    volume_capabilities: req.volume_capabilities,
+                    parameters: req.parameters,
+                    mutable_parameters: HashMap::new(),
+                }),
+                message: String::new(),
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn list_volumes(
+        &self,
+        req: Request<csi::ListVolumesRequest>,
+    ) -> Result<Response<csi::ListVolumesResponse>, Status> {
+        let req = req.into_inner();
+        let (max, token) = (req.max_entries, req.starting_token);
+        let page = self
+            .0
+            .run(move |pool| {
+                let (vols, next) = match pagination::page(pool.volumes()?, |v| v.id.as_str(), max, &token) {
+                    Ok(page) => page,
+                    Err(status) => return Ok(Err(status)),
+                };
+                let mut entries = Vec::with_capacity(vols.len());
+                for vol in vols {
+                    // A volume deleted while we list is simply left out.
+                    match pool.condition(&vol.id) {
+                        Ok(c) => entries.push((vol, c)),
+                        Err(loopvol_backend::Error::VolumeNotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Ok((entries, next)))
+            })
+            .await??;
+        let (entries, next_token) = page;
+        let entries = entries
+            .into_iter()
+            .map(|(vol, c)| csi::list_volumes_response::Entry {
+                volume: Some(self.csi_volume(&vol)),
+                status: Some(csi::list_volumes_response::VolumeStatus {
+                    published_node_ids: Vec::new(),
+                    volume_condition: Some(condition(c)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(csi::ListVolumesResponse { entries, next_token }))
+    }
+
+    async fn get_capacity(
+        &self,
+        req: Request<csi::GetCapacityRequest>,
+    ) -> Result<Response<csi::GetCapacityResponse>, Status> {
+        let req = req.into_inner();
+        let elsewhere = req.accessible_topology.as_ref().is_some_and(|t| !self.0.is_this_node(t));
+        let unsupported = req
+            .volume_capabilities
+            .iter()
+            .any(|c| capability::parse(c).map_or(true, |w| capability::unsupported_reason(w.mode).is_some()));
+        if elsewhere || unsupported {
+            // This node's pool serves no such volumes.
+            return Ok(Response::new(csi::GetCapacityResponse {
+                available_capacity: 0,
+                maximum_volume_size: Some(0),
+                minimum_volume_size: None,
+            }));
+        }
+        params_ok(&req.parameters)?;
+        let cap = self.0.run(|pool| pool.capacity()).await?;
+        Ok(Response::new(csi::GetCapacityResponse {
+            available_capacity: to_i64(cap.available_bytes),
+            maximum_volume_size: Some(to_i64(cap.max_volume_bytes)),
+            minimum_volume_size: None,
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<csi::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+        let capabilities = CAPABILITIES
+            .iter()
+            .map(|t| csi::ControllerServiceCapability { r#type: Some(OneOf::Rpc(Rpc { r#type: *t as i32 })) })
+            .collect();
+        Ok(Response::new(csi::ControllerGetCapabilitiesResponse { capabilities }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        req: Request<csi::CreateSnapshotRequest>,
+    ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
+        let req = req.into_inner();
+        let source = required(&req.source_volume_id, "source_volume_id")?.to_string();
+        let name = required(&req.name, "name")?.to_string();
+        let snap = self.0.run(move |pool| pool.create_snapshot(&name, &source)).await?;
+        Ok(Response::new(csi::CreateSnapshotResponse { snapshot: Some(csi_snapshot(&snap)) }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        req: Request<csi::DeleteSnapshotRequest>,
+    ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
+        let id = required(&req.get_ref().snapshot_id, "snapshot_id")?.to_string();
+        self.0.run(move |pool| pool.delete_snapshot(&id)).await?;
+        Ok(Response::new(csi::DeleteSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: Request<csi::ListSnapshotsRequest>,
+    ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
+        let req = req.into_inner();
+        let (snapshot_id, source) = (req.snapshot_id, req.source_volume_id);
+        let snaps = self
+            .0
+            .run(move |pool| {
+                if snapshot_id.is_empty() {
+                    return pool.snapshots();
+                }
+                // An unknown snapshot ID is an empty list, not an error.
+                match pool.snapshot(&snapshot_id) {
+                    Ok(s) => Ok(vec![s]),
+                    Err(loopvol_backend::Error::SnapshotNotFound(_)) => Ok(Vec::new()),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        let snaps: Vec<Snapshot> =
+            snaps.into_iter().filter(|s| source.is_empty() || s.source_volume_id == source).collect();
+        let (snaps, next_token) = pagination::page(snaps, |s| s.id.as_str(), req.max_entries, &req.starting_token)?;
+        let entries =
+            snaps.iter().map(|s| csi::list_snapshots_response::Entry { snapshot: Some(csi_snapshot(s)) }).collect();
+        Ok(Response::new(csi::ListSnapshotsResponse { entries, next_token }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        req: Request<csi::GetSnapshotRequest>,
+    ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
+        let id = required(&req.get_ref().snapshot_id, "snapshot_id")?.to_string();
+        let snap = self.0.run(move |pool| pool.snapshot(&id)).await?;
+        Ok(Response::new(csi::GetSnapshotResponse { snapshot: Some(csi_snapshot(&snap)) }))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        req: Request<csi::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let id = required(&req.volume_id, "volume_id")?.to_string();
+        let range = req.capacity_range.ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+        let (want, limit) = (bytes(range.required_bytes, "required_bytes")?, bytes(range.limit_bytes, "limit_bytes")?);
+        if want == 0 && limit == 0 {
+            return Err(Status::invalid_argument("capacity_range needs required_bytes or limit_bytes"));
+        }
+        if limit != 0 && want > limit {
+            return Err(Status::out_of_range(format!("required_bytes {want} exceeds limit_bytes {limit}")));
+        }
+        let block = match req.volume_capability.as_ref() {
+            Some(cap) => capability::parse(cap)?.access_type == AccessType::Block,
+            None => false,
+        };
+        let size = if want == 0 { limit } else { want };
+        let outcome = self.0.run(move |pool| pool.expand_volume(&id, size)).await?;
+        Ok(Response::new(csi::ControllerExpandVolumeResponse {
+            capacity_bytes: to_i64(outcome.capacity_bytes),
+            node_expansion_required: outcome.node_expansion_required && !block,
+        }))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        req: Request<csi::ControllerGetVolumeRequest>,
+    ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
+        let id = required(&req.get_ref().volume_id, "volume_id")?.to_string();
+        let (vol, c) = self.0.run(move |pool| Ok((pool.volume(&id)?, pool.condition(&id)?))).await?;
+        Ok(Response::new(csi::ControllerGetVolumeResponse {
+            volume: Some(self.csi_volume(&vol)),
+            status: Some(csi::controller_get_volume_response::VolumeStatus {
+                published_node_ids: Vec::new(),
+                volume_condition: Some(condition(c)),
+            }),
+        }))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _: Request<csi::ControllerModifyVolumeRequest>,
+    ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
+        Err(Status::unimplemented("loopvol has no mutable parameters (no MODIFY_VOLUME)"))
+    }
+}
+
+/// Parameters of requests that only check them (ValidateVolumeCapabilities,
+/// GetCapacity) follow the CreateVolume rules.
+fn params_ok(params: &HashMap<String, String>) -> Result<(), Status> {
+    parse_parameters(params).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_accept_ours_and_the_sidecars_and_nothing_else() {
+        let params = HashMap::from([
+            ("csi.storage.k8s.io/fstype".to_string(), "xfs".to_string()),
+            ("thick".to_string(), "true".to_string()),
+            ("csi.storage.k8s.io/pv/name".to_string(), "pv-1".to_string()),
+        ]);
+        let p = parse_parameters(&params).unwrap();
+        assert_eq!((p.fs_type, p.thick), (Some(FsType::Xfs), true));
+        assert!(!p.kept.contains_key("csi.storage.k8s.io/pv/name"));
+        for bad in [("color", "blue"), ("thick", "yes"), ("fsType", "ntfs")] {
+            let params = HashMap::from([(bad.0.to_string(), bad.1.to_string())]);
+            assert_eq!(parse_parameters(&params).unwrap_err().code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+    }
+}
