@@ -61,6 +61,34 @@ pub fn open(path: &Path, call: &str) -> Option<File> {
     clone
 }
 
+/// Routes the backend's `tracing` events into this log (through [`redact`]).
+pub fn capture_backend_events() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| BackendWriter)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
+struct BackendWriter;
+
+impl Write for BackendWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let text = text.trim_end();
+        if !text.is_empty() {
+            write("backend", &text);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn write(level: &str, message: &dyn Display) {
     let mut sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(file) = sink.as_mut() else { return };

@@ -111,6 +111,7 @@ fn run_call(call: &str, args: &[String]) -> Reply {
         if let Some(file) = log::open(&config.log_path(), call) {
             // Anything a tool or a stray print writes lands in the log.
             stdio::redirect(&file);
+            log::capture_backend_events();
         }
         check_arity(call, args)?;
         let ctx = Ctx::open(config)?;

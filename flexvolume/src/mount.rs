@@ -67,7 +67,7 @@ pub fn run(ctx: &Ctx, target: &Path, json: &str) -> FlexResult<Reply> {
 /// A failed publish must not leave a staging mount that no pod uses (spec §6.15).
 fn roll_back_stage(ctx: &Ctx, id: &str, staging_path: &Path) {
     match ctx.pool.users(id) {
-        Ok(users) if users.is_empty() => {
+        Ok(users) if users.iter().all(|p| p == staging_path) => {
             if let Err(e) = ctx.pool.unstage(id, staging_path, true) {
                 log::warn(format_args!("rollback: cannot unstage {id}: {e}"));
             }

@@ -28,9 +28,10 @@ pub fn run(ctx: &Ctx, target: &Path) -> FlexResult<Reply> {
     ctx.pool.unpublish(&id, target)?;
 
     if !ctx.config.attach {
-        let users = ctx.pool.users(&id)?;
+        let staging = ctx.config.staging_dir(&id);
+        // With the pool's records lost, `users` also lists the staging mount.
+        let users: Vec<_> = ctx.pool.users(&id)?.into_iter().filter(|p| *p != staging).collect();
         if users.is_empty() {
-            let staging = ctx.config.staging_dir(&id);
             if let Err(e) = ctx.pool.unstage(&id, &staging, true) {
                 // Kubelet calls `unmount` again only while the pod dir exists;
                 // put it back (empty) so the retry finds the record and unstages.

@@ -123,9 +123,11 @@ pub struct World {
 impl World {
     pub fn new(attach: bool) -> World {
         let dir = tempfile::Builder::new().prefix("loopvol-flex-").tempdir().expect("tempdir");
-        let pool = dir.path().join("pool");
-        let state = dir.path().join("state");
-        let kubelet = dir.path().join("kubelet");
+        // Canonical: mountinfo and sysfs report canonical paths.
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let pool = root.join("pool");
+        let state = root.join("state");
+        let kubelet = root.join("kubelet");
         std::fs::create_dir_all(&kubelet).unwrap();
         let config = dir.path().join("config.json");
         let world = World { dir, pool, state, kubelet, config };
@@ -175,7 +177,7 @@ impl World {
 
     /// Unmounts and detaches everything of this world, also when a test failed.
     pub fn guard(&self) -> Guard {
-        Guard { root: self.dir.path().to_path_buf(), pool: self.pool.clone() }
+        Guard { root: std::fs::canonicalize(self.dir.path()).unwrap() }
     }
 }
 
@@ -279,26 +281,11 @@ pub fn loops_under(dir: &Path) -> Vec<String> {
 
 pub struct Guard {
     root: PathBuf,
-    pool: PathBuf,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        // Deepest first, so bind mounts go before what they were bound from.
-        for _ in 0..3 {
-            let mut under: Vec<PathBuf> =
-                mounts().into_iter().map(|m| m.mount_point).filter(|p| p.starts_with(&self.root)).collect();
-            if under.is_empty() {
-                break;
-            }
-            under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-            for p in under {
-                let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
-        for dev in loops_under(&self.pool) {
-            let _ = Command::new("losetup").arg("-d").arg(&dev).stdout(Stdio::null()).stderr(Stdio::null()).status();
-        }
+        loopvol_backend::testing::cleanup_under(&self.root);
     }
 }
 
