@@ -310,9 +310,9 @@ impl Pool {
 
     pub fn capacity(&self) -> Result<Capacity> {
         let st = statvfs(&self.root).map_err(|e| Error::sys("statvfs", &self.root, e))?;
-        let frsize = u64::from(st.fragment_size());
-        let total = u64::from(st.blocks()).saturating_mul(frsize);
-        let free = u64::from(st.blocks_available()).saturating_mul(frsize);
+        let frsize = st.fragment_size();
+        let total = st.blocks().saturating_mul(frsize);
+        let free = st.blocks_available().saturating_mul(frsize);
         let mut reserved = 0u64;
         for vol in self.volumes()? {
             reserved =

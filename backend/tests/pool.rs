@@ -347,7 +347,7 @@ fn block_volumes_publish_the_device() {
     env.pool.unstage(&id, &staging, false).unwrap();
     assert_eq!(loops_under(&env.sandbox.path()), 0, "block unstage detaches the device");
     let image = fs::read(env.pool.volume_image_path(&id)).unwrap();
-    assert_eq!(&image[MIB as usize..MIB as usize + 15], b"raw block bytes");
+    assert_eq!(&image[1 << 20..(1 << 20) + 15], b"raw block bytes");
     // A block volume cannot be staged as a filesystem.
     assert!(matches!(
         env.pool.stage(&id, &stage_req(&staging, AccessType::Mount, false)),
@@ -505,7 +505,7 @@ fn group_snapshot_captures_every_member() {
     let members = vec![b.clone(), a.clone()];
     let group = env.pool.create_group_snapshot("grp", &members).unwrap();
     assert_eq!(env.pool.create_group_snapshot("grp", &members).unwrap(), group);
-    assert!(matches!(env.pool.create_group_snapshot("grp", &[a.clone()]), Err(Error::SnapshotNameConflict { .. })));
+    assert!(matches!(env.pool.create_group_snapshot("grp", std::slice::from_ref(&a)), Err(Error::SnapshotNameConflict { .. })));
     assert_eq!(group.snapshot_ids.len(), 2);
     write_file(&sa.join("f"), b"a2");
     for sid in &group.snapshot_ids {
