@@ -211,7 +211,7 @@ pub fn attach(image: &Path, opts: AttachOptions) -> Result<Attached> {
         if let Some(attached) = reuse(image, id, opts)? {
             return Ok(attached);
         }
-        match configure_free(image, id, opts)? {
+        match configure_free(image, id, opts, NO_LOOP_CONFIGURE.load(Ordering::Relaxed))? {
             Some(attached) => return Ok(attached),
             None => tracing::debug!(image = %image.display(), attempt, "lost a race for a free loop device, retrying"),
         }
@@ -253,8 +253,9 @@ fn reuse(image: &Path, id: FileId, opts: AttachOptions) -> Result<Option<Attache
     Ok(None)
 }
 
-/// One try at binding `image` to a free device. Ok(None): lost a race, try again.
-fn configure_free(image: &Path, id: FileId, opts: AttachOptions) -> Result<Option<Attached>> {
+/// One try at binding `image` to a free device, with LOOP_CONFIGURE unless
+/// `legacy`. Ok(None): lost a race, try again.
+fn configure_free(image: &Path, id: FileId, opts: AttachOptions, legacy: bool) -> Result<Option<Attached>> {
     let control = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -300,7 +301,7 @@ fn configure_free(image: &Path, id: FileId, opts: AttachOptions) -> Result<Optio
     let n = name.len().min(sys::LO_NAME_SIZE - 1);
     info.lo_file_name[..n].copy_from_slice(&name[..n]);
 
-    let configured = if NO_LOOP_CONFIGURE.load(Ordering::Relaxed) {
+    let configured = if legacy {
         set_fd_and_status(&loop_file, &backing, &device, &info)?
     } else {
         let config = sys::LoopConfig {
@@ -490,6 +491,50 @@ mod tests {
         // glibc's makedev round-trips through libc::major/minor.
         let dev = libc::makedev(0x123, 0x45678);
         assert_eq!((libc::major(dev), libc::minor(dev)), (0x123, 0x45678));
+    }
+
+    /// Detaches on drop, so a failing test leaks no device.
+    struct Detach(Option<LoopDevice>);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            if let Some(d) = self.0.take() {
+                let _ = detach(&d);
+            }
+        }
+    }
+
+    /// The pre-5.8 path (LOOP_SET_FD + LOOP_SET_STATUS64), which this
+    /// kernel never takes by itself because LOOP_CONFIGURE works.
+    #[test]
+    fn legacy_set_fd_path_sets_flags() {
+        if !crate::testing::privileged("legacy_set_fd_path_sets_flags") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("legacy.img");
+        File::create(&image).unwrap().set_len(8 << 20).unwrap();
+        let id = image_id(&image).unwrap();
+        let opts = AttachOptions { autoclear: true, read_only: false };
+        let attached = (0..ATTACH_ATTEMPTS).find_map(|_| configure_free(&image, id, opts, true).unwrap()).unwrap();
+        let guard = Detach(Some(attached.device.clone()));
+        assert!(attached.created);
+        let sys = format!("/sys/block/loop{}", attached.device.number);
+        assert_eq!(std::fs::read_to_string(format!("{sys}/loop/autoclear")).unwrap().trim(), "1");
+        assert_eq!(std::fs::read_to_string(format!("{sys}/ro")).unwrap().trim(), "0");
+        assert_eq!(find(&image).unwrap(), Some(attached.device.clone()));
+        assert_eq!(size_bytes(&attached.device.path).unwrap(), 8 << 20);
+        drop(attached);
+        drop(guard);
+        // The autoclear rundown after the last close is asynchronous.
+        let mut gone = false;
+        for _ in 0..1000 {
+            gone = find(&image).unwrap().is_none();
+            if gone {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(gone);
     }
 
     #[test]

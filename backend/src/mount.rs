@@ -89,10 +89,11 @@ pub fn bind(source: &Path, target: &Path, read_only: bool, opts: &MountOptions) 
 /// server) is still unmounted. UMOUNT_NOFOLLOW: a symlink planted at the
 /// target is not followed.
 ///
-/// Errors: EBUSY (still in use) and anything else from umount2(2) as
-/// `Error::Sys` naming the target.
+/// Errors: EBUSY (still in use after a few short retries) and anything else
+/// from umount2(2) as `Error::Sys` naming the target.
 pub fn unmount(target: &Path) -> Result<bool> {
     let mut unmounted = false;
+    let mut busy_retries = 0;
     loop {
         match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
             Ok(()) => {
@@ -101,10 +102,22 @@ pub fn unmount(target: &Path) -> Result<bool> {
             }
             // EINVAL: "target is not a mount point" (umount(2)).
             Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(unmounted),
+            // A child that another thread of this process forked holds copies
+            // of our fds until it execs (O_CLOEXEC closes them only then); on
+            // a loaded node that can take a while and makes umount say EBUSY
+            // (measured in the parallel kernel tests). Retry briefly before
+            // calling the mount busy.
+            Err(Errno::EBUSY) if busy_retries < BUSY_RETRIES => {
+                busy_retries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10 << busy_retries));
+            }
             Err(errno) => return Err(Error::sys("unmount", target, errno)),
         }
     }
 }
+
+/// EBUSY retries of [`unmount`]: 20+40+80+160 ms in all.
+const BUSY_RETRIES: u32 = 4;
 
 /// Unmounts `target` (everything stacked on it) and removes it: rmdir for a
 /// directory (never recursive: data left in an unmounted directory is kept
