@@ -195,7 +195,8 @@ fn errno_of(e: &std::io::Error) -> Errno {
 ///
 /// Idempotent: when a device already backed by `image` exists (matched by
 /// st_dev and st_ino) it is reused (`created: false`; its flags are left as
-/// they are). Otherwise LOOP_CTL_GET_FREE + LOOP_CONFIGURE (or LOOP_SET_FD +
+/// they are: a read-only request can get an existing read-write device, so
+/// callers that need a read-only block device check or detach first). Otherwise LOOP_CTL_GET_FREE + LOOP_CONFIGURE (or LOOP_SET_FD +
 /// LOOP_SET_STATUS64 on kernels before 5.8), asking for another device when
 /// someone else configured ours first. The backing file is verified after
 /// attaching. Two concurrent attaches of the same image can still make two
