@@ -76,7 +76,12 @@ pub enum Error {
 
     // ---- the kernel and the tools (INTERNAL) ----
     #[error("{op} {path:?}: {source}")]
-    Io { op: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{op} {path:?}: {errno}")]
     Sys { op: &'static str, path: PathBuf, errno: Errno },
     #[error("{program} failed ({status}): {stderr}")]

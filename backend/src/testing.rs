@@ -53,8 +53,7 @@ impl Drop for Sandbox {
 pub fn cleanup_under(root: &std::path::Path) {
     for _ in 0..8 {
         let Ok(mounts) = crate::mountinfo::read() else { break };
-        let mut under: Vec<_> =
-            mounts.into_iter().map(|m| m.mount_point).filter(|p| p.starts_with(root)).collect();
+        let mut under: Vec<_> = mounts.into_iter().map(|m| m.mount_point).filter(|p| p.starts_with(root)).collect();
         if under.is_empty() {
             break;
         }

@@ -1,0 +1,79 @@
+//! Wall time of the node cycle on a 10 GiB ext4 volume: the first stage
+//! (attach + mkfs + mount), then stage → publish → unpublish → unstage of the
+//! formatted volume. Run as root: `cargo bench -p loopvol-backend --bench node_cycle`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use loopvol_backend::testing::{privileged, Sandbox};
+use loopvol_backend::{AccessType, CapacityRange, CreateVolume, FsType, Pool, PoolOptions, PublishRequest, StageRequest};
+
+const ROUNDS: usize = 50;
+
+fn main() {
+    if !privileged("node_cycle bench") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let pool = Pool::open(&sandbox.path().join("pool"), PoolOptions::default()).expect("open pool");
+    let staging = sandbox.path().join("staging");
+    let target = sandbox.path().join("target");
+    let stage = StageRequest {
+        staging_path: staging.clone(),
+        access_type: AccessType::Mount,
+        fs_type: None,
+        read_only: false,
+        mount_options: vec![],
+    };
+    let publish = PublishRequest {
+        staging_path: staging.clone(),
+        target_path: target.clone(),
+        access_type: AccessType::Mount,
+        read_only: false,
+        mount_options: vec![],
+        exclusive: false,
+    };
+
+    let mut first = Vec::new();
+    let mut cycle = Vec::new();
+    let mut pair = Vec::new();
+    for round in 0..ROUNDS {
+        let t = Instant::now();
+        let vol = pool
+            .create_volume(&CreateVolume {
+                name: format!("bench-{round}"),
+                id: None,
+                capacity: CapacityRange { required: 10 << 30, limit: 0 },
+                fs_type: Some(FsType::Ext4),
+                access_type: AccessType::Mount,
+                thick: false,
+                source: None,
+                parameters: BTreeMap::new(),
+            })
+            .expect("create");
+        pool.stage(&vol.id, &stage).expect("first stage");
+        first.push(t.elapsed());
+        pool.unstage(&vol.id, &staging, false).expect("unstage");
+
+        let t = Instant::now();
+        pool.stage(&vol.id, &stage).expect("stage");
+        let p = Instant::now();
+        pool.publish(&vol.id, &publish).expect("publish");
+        pool.unpublish(&vol.id, &target).expect("unpublish");
+        pair.push(p.elapsed());
+        pool.unstage(&vol.id, &staging, false).expect("unstage");
+        cycle.push(t.elapsed());
+        pool.delete_volume(&vol.id).expect("delete");
+    }
+    println!("10 GiB ext4 volume, {ROUNDS} rounds (ms)            median     p90     max");
+    report("create + first stage (mkfs)", &mut first);
+    report("stage→publish→unpublish→unstage", &mut cycle);
+    report("publish + unpublish", &mut pair);
+}
+
+fn report(what: &str, samples: &mut [Duration]) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    println!("{what:<42} {:>7.2} {:>7.2} {:>7.2}", ms(at(0.5)), ms(at(0.9)), ms(at(1.0)));
+}
