@@ -80,7 +80,11 @@ pub fn load_from(path: &Path) -> FlexResult<Config> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
         Err(e) => return Err(bad(format!("cannot read: {e}"))),
     };
-    parse(&text).map_err(bad)
+    let config = parse(&text).map_err(bad)?;
+    if let Some(dir) = exe_dir() {
+        config.check_outside(&dir).map_err(bad)?;
+    }
+    Ok(config)
 }
 
 /// The `attach` capability for `init`, which must succeed whatever the file
@@ -135,6 +139,17 @@ fn absolute(key: &str, path: PathBuf) -> Result<PathBuf, String> {
 }
 
 impl Config {
+    /// Pool and state must stay out of the driver's plugin dir: every write
+    /// there makes kubelet re-probe the driver (spec P8).
+    pub fn check_outside(&self, plugin_dir: &Path) -> Result<(), String> {
+        for (key, path) in [("pool", &self.pool), ("stateDir", &self.state_dir)] {
+            if path.starts_with(plugin_dir) {
+                return Err(format!("{key} must not be inside the plugin directory {}", plugin_dir.display()));
+            }
+        }
+        Ok(())
+    }
+
     /// Staging mounts of the attach:false flow.
     pub fn staging_dir(&self, id: &str) -> PathBuf {
         self.state_dir.join("staging").join(id)

@@ -38,7 +38,9 @@ pub fn run(args: &[String]) -> FlexResult<Reply> {
     if let Some(source) = &args.config {
         let text = fs::read_to_string(source).map_err(|e| io("read", source, e))?;
         // Refuse to install a config that every call would then reject.
-        config::parse(&text).map_err(|reason| FlexError::Config { path: source.display().to_string(), reason })?;
+        config::parse(&text)
+            .and_then(|c| c.check_outside(&dir))
+            .map_err(|reason| FlexError::Config { path: source.display().to_string(), reason })?;
         if put(&dir, config::FILE_NAME, text.as_bytes(), 0o644)? {
             changed.push(config::FILE_NAME);
         }

@@ -62,7 +62,12 @@ fn main() -> ExitCode {
         }
     };
     // Messages end up in pod events: strip any secret that slipped in.
-    let reply = Reply { message: reply.message.as_deref().map(log::redact), ..reply };
+    let mut reply = Reply { message: reply.message.as_deref().map(log::redact), ..reply };
+    if args.first().is_some_and(|c| c == "isattached") && reply.attached.is_none() {
+        // `attached` is always a boolean (spec P17); on Failure kubelet
+        // ignores it, the error alone counts.
+        reply.attached = Some(false);
+    }
     if !reply.is_success() {
         log::warn(format_args!("reply: {}", reply.to_json()));
     }

@@ -108,6 +108,8 @@ fn a_broken_config_fails_every_call_but_init() {
         assert!(out.message().contains("config"), "{}", out.raw);
         assert!(!out.raw.contains(SECRET) && !out.raw.contains(&secret_b64()));
     }
+    let out = w.run(&["isattached", &json, "node1"]);
+    assert_eq!(out.json["attached"], false, "isattached always carries a boolean: {}", out.raw);
     w.run(&["init"]).ok();
     // Calls that are never implemented stay "Not supported" (never conditional).
     w.run(&["getvolumename", &json]).golden(NOT_SUPPORTED);
@@ -238,6 +240,11 @@ fn install_refuses_bad_arguments_and_configs() {
         out.failed();
         assert_eq!(out.code, 1);
     }
+    // State inside the driver dir would make kubelet re-probe on every log line.
+    let inside = dir.path().join("inside.json");
+    let state = plugins.join("loopvol~loopvol/state");
+    std::fs::write(&inside, serde_json::json!({"stateDir": state}).to_string()).unwrap();
+    install(&plugins, Some(&inside)).0.failed();
     // The --flag=value form works too.
     let arg = format!("--plugin-dir={}", plugins.display());
     run_exe(Path::new(EXE), &["install", &arg], &[]).ok();
