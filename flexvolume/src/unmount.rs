@@ -25,7 +25,18 @@ pub fn run(ctx: &Ctx, target: &Path) -> FlexResult<Reply> {
     };
     log::info(format_args!("unmount {id} from {}", target.display()));
     let _guard = ctx.lock(&id)?;
-    ctx.pool.unpublish(&id, target)?;
+    match ctx.pool.unpublish(&id, target) {
+        Ok(()) => {}
+        // The image's record is gone from the pool (deleted behind a live
+        // mount): still take the mount down, or kubelet retries forever.
+        Err(loopvol_backend::Error::VolumeNotFound(_)) => {
+            log::warn(format_args!("{id} has no record in the pool; unmounting {} directly", target.display()));
+            loopvol_backend::mount::cleanup(target)?;
+            ctx.forget_target(target);
+            return Ok(Reply::success());
+        }
+        Err(e) => return Err(e.into()),
+    }
 
     if !ctx.config.attach {
         let staging = ctx.config.staging_dir(&id);

@@ -404,3 +404,18 @@ fn mount_and_unmount_never_write_into_the_plugin_dir() {
     assert_eq!(snapshot(&plugins), before);
     assert!(loops_under(&w.pool).is_empty());
 }
+
+#[test]
+fn unmount_succeeds_when_the_pool_lost_the_volume() {
+    if !loopvol_backend::testing::privileged("unmount_succeeds_when_the_pool_lost_the_volume") {
+        return;
+    }
+    let w = World::new(false);
+    let _g = w.guard();
+    let pod = w.pod_dir("pod-a", "pv-gone");
+    w.run(&["mount", p(&pod), &mount_json("pv-gone", &[])]).ok();
+    fs::remove_file(w.pool.join("volumes/pv-gone.json")).unwrap();
+    // Kubelet would retry a Failure forever: the pod mount still goes.
+    w.run(&["unmount", p(&pod)]).ok();
+    assert_eq!(mount_count(&pod), 0);
+}
