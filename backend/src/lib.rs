@@ -7,6 +7,7 @@
 //! `mountinfo`); nothing here calls back up.
 
 pub mod copy;
+pub mod doctor;
 pub mod error;
 pub mod fs;
 pub mod id;

@@ -91,6 +91,9 @@ impl Pool {
     /// Reads the kernel's view of a volume.
     pub(crate) fn live(&self, vol: &Volume, mounts: &[MountEntry]) -> Result<Live> {
         let image = self.volume_image_path(&vol.id);
+        if !image.exists() {
+            return Ok(Live::default());
+        }
         let Some(device) = loopdev::find(&image)? else {
             return Ok(Live::default());
         };

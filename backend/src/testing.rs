@@ -69,19 +69,7 @@ pub fn cleanup_under(root: &std::path::Path) {
     }
 }
 
-/// Bound loop devices and the path of their backing files, from sysfs.
+/// Bound loop devices and the paths of their backing files.
 pub fn loop_devices() -> Vec<(crate::loopdev::LoopDevice, std::path::PathBuf)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return out };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(number) = name.strip_prefix("loop").and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else { continue };
-        let backing = backing.trim_end().trim_end_matches(" (deleted)").to_string();
-        out.push((
-            crate::loopdev::LoopDevice { number, path: std::path::PathBuf::from(format!("/dev/loop{number}")) },
-            backing.into(),
-        ));
-    }
-    out
+    crate::loopdev::backing_files()
 }
