@@ -478,6 +478,22 @@ pub fn size_bytes(device: &Path) -> Result<u64> {
     Ok(size)
 }
 
+/// Every bound loop device with the path of its backing file, as sysfs
+/// reports it (for reports and clean-up; identity checks use [`find`]).
+pub fn backing_files() -> Vec<(LoopDevice, PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/sys/block") else { return out };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(number) = name.strip_prefix("loop").and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else { continue };
+        let backing = backing.trim_end().trim_end_matches(" (deleted)");
+        out.push((LoopDevice::from_number(number), PathBuf::from(backing)));
+    }
+    out.sort_by_key(|(dev, _)| dev.number);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,20 +558,4 @@ mod tests {
     fn device_path_from_number() {
         assert_eq!(LoopDevice::from_number(7).path, Path::new("/dev/loop7"));
     }
-}
-
-/// Every bound loop device with the path of its backing file, as sysfs
-/// reports it (for reports and clean-up; identity checks use [`find`]).
-pub fn backing_files() -> Vec<(LoopDevice, PathBuf)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return out };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(number) = name.strip_prefix("loop").and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else { continue };
-        let backing = backing.trim_end().trim_end_matches(" (deleted)");
-        out.push((LoopDevice::from_number(number), PathBuf::from(backing)));
-    }
-    out.sort_by_key(|(dev, _)| dev.number);
-    out
 }
