@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use loopvol_backend::testing::{privileged, Sandbox};
-use loopvol_backend::{AccessType, CapacityRange, CreateVolume, FsType, Pool, PoolOptions, PublishRequest, StageRequest};
+use loopvol_backend::{
+    AccessType, CapacityRange, CreateVolume, FsType, Pool, PoolOptions, PublishRequest, StageRequest,
+};
 
 const ROUNDS: usize = 50;
 
@@ -74,6 +76,7 @@ fn main() {
 fn report(what: &str, samples: &mut [Duration]) {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    println!("{what:<42} {:>7.2} {:>7.2} {:>7.2}", ms(at(0.5)), ms(at(0.9)), ms(at(1.0)));
+    // Nearest-rank percentiles, in integer arithmetic.
+    let at = |percent: usize| samples[(samples.len() - 1) * percent / 100];
+    println!("{what:<42} {:>7.2} {:>7.2} {:>7.2}", ms(at(50)), ms(at(90)), ms(at(100)));
 }
