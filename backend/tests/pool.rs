@@ -505,7 +505,10 @@ fn group_snapshot_captures_every_member() {
     let members = vec![b.clone(), a.clone()];
     let group = env.pool.create_group_snapshot("grp", &members).unwrap();
     assert_eq!(env.pool.create_group_snapshot("grp", &members).unwrap(), group);
-    assert!(matches!(env.pool.create_group_snapshot("grp", std::slice::from_ref(&a)), Err(Error::SnapshotNameConflict { .. })));
+    assert!(matches!(
+        env.pool.create_group_snapshot("grp", std::slice::from_ref(&a)),
+        Err(Error::SnapshotNameConflict { .. })
+    ));
     assert_eq!(group.snapshot_ids.len(), 2);
     write_file(&sa.join("f"), b"a2");
     for sid in &group.snapshot_ids {
