@@ -90,7 +90,13 @@ impl Write for BackendWriter {
 }
 
 fn write(level: &str, message: &dyn Display) {
-    let mut sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
+    // try_lock: the panic hook logs too, and a panic while this thread holds
+    // the lock must not deadlock (the process is single-threaded otherwise).
+    let mut sink = match SINK.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
     let Some(file) = sink.as_mut() else { return };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let call = CALL.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -87,12 +87,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The calls that work on the pool (config, log and pool needed).
+const POOL_CALLS: [&str; 9] =
+    ["attach", "isattached", "waitforattach", "detach", "mountdevice", "unmountdevice", "mount", "unmount", "expandfs"];
+
+fn forced_panic(call: &str) {
+    if std::env::var_os(PANIC_ENV).is_some_and(|v| v == call) {
+        panic!("forced panic in {call}");
+    }
+}
+
 fn dispatch(args: &[String]) -> Reply {
     let Some((call, rest)) = args.split_first() else {
         return Reply::failure("no call given; expected init, mount, unmount or another flexvolume call");
     };
-    if std::env::var_os(PANIC_ENV).is_some_and(|v| v == call.as_str()) {
-        panic!("forced panic in {call}");
+    if !POOL_CALLS.contains(&call.as_str()) {
+        forced_panic(call);
     }
     match call.as_str() {
         "init" => init::run(),
@@ -102,8 +112,7 @@ fn dispatch(args: &[String]) -> Reply {
         "getvolumename" => Reply::not_supported(),
         "install" => install::run(rest).unwrap_or_else(|e| reply::failure(&e)),
         "expandvolume" => config::load().map(|_| expand::expand_volume()).unwrap_or_else(|e| reply::failure(&e)),
-        "attach" | "isattached" | "waitforattach" | "detach" | "mountdevice" | "unmountdevice" | "mount"
-        | "unmount" | "expandfs" => run_call(call, rest),
+        c if POOL_CALLS.contains(&c) => run_call(call, rest),
         // Removed calls (waitfordetach, getdevicemountpath) and future ones.
         _ => Reply::not_supported(),
     }
@@ -118,6 +127,7 @@ fn run_call(call: &str, args: &[String]) -> Reply {
             stdio::redirect(&file);
             log::capture_backend_events();
         }
+        forced_panic(call);
         check_arity(call, args)?;
         let ctx = Ctx::open(config)?;
         call_with(&ctx, call, args)

@@ -128,6 +128,8 @@ fn a_panic_still_ends_as_one_failure_object() {
         assert_eq!(out.code, 0);
         assert!(out.message().starts_with("internal error"), "{}", out.raw);
     }
+    // A panic inside a pool call is also in the log, and nothing reached stdout.
+    assert!(w.log().contains("panic: forced panic in mount"), "{}", w.log());
 }
 
 #[test]
