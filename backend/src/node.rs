@@ -383,7 +383,18 @@ impl Pool {
         if live.mount_points.contains(&target) {
             return match vol.published.get(&target) {
                 Some(existing) if *existing == wanted => Ok(()),
-                _ => Err(Error::IncompatibleAtPath { id: id.into(), what: "published", path: target }),
+                Some(_) => Err(Error::IncompatibleAtPath { id: id.into(), what: "published", path: target }),
+                None => {
+                    // Ours but unrecorded (records lost): adopt it when the
+                    // kernel's read-only flag matches the request.
+                    let mounts = mountinfo::read()?;
+                    let ro = mountinfo::at(&mounts, &target).last().is_some_and(|e| e.read_only());
+                    if ro != req.read_only {
+                        return Err(Error::IncompatibleAtPath { id: id.into(), what: "published", path: target });
+                    }
+                    vol.published.insert(target, wanted);
+                    self.write_volume(&vol)
+                }
             };
         }
         let others = live.others(&[staging.as_path()]);

@@ -677,3 +677,32 @@ fn node_reboot_forgets_mounts_and_stages_again() {
     env.pool.unpublish(&id, &target).unwrap();
     env.pool.unstage(&id, &staging, false).unwrap();
 }
+
+#[test]
+fn lost_records_are_adopted_from_the_kernel() {
+    if !privileged("lost_records_are_adopted_from_the_kernel") {
+        return;
+    }
+    let env = Env::new();
+    let id = env.create("adopt", 64 * MIB, FsType::Ext4);
+    let staging = env.stage(&id, false);
+    let target = env.publish(&id, &staging, "pod", true);
+    // Lose the node state from the record, as a restored backup would.
+    let mut vol = env.pool.volume(&id).unwrap();
+    vol.staged = None;
+    vol.published.clear();
+    let record = env.sandbox.path().join(format!("pool/volumes/{id}.json"));
+    fs::write(&record, serde_json::to_vec(&vol).unwrap()).unwrap();
+    env.pool.stage(&id, &stage_req(&staging, AccessType::Mount, false)).unwrap();
+    assert!(matches!(
+        env.pool.publish(&id, &publish_req(&staging, &target, AccessType::Mount, false)),
+        Err(Error::IncompatibleAtPath { .. })
+    ));
+    env.pool.publish(&id, &publish_req(&staging, &target, AccessType::Mount, true)).unwrap();
+    assert_eq!(mounts_at(&staging), 1);
+    assert_eq!(mounts_at(&target), 1);
+    assert!(env.pool.volume(&id).unwrap().published.contains_key(&target));
+    env.pool.unpublish(&id, &target).unwrap();
+    env.pool.unstage(&id, &staging, false).unwrap();
+    assert_eq!(loops_under(&env.sandbox.path()), 0);
+}
