@@ -9,6 +9,7 @@
 pub mod copy;
 pub mod doctor;
 pub mod error;
+pub mod failpoint;
 pub mod fs;
 pub mod id;
 pub mod lock;

@@ -232,6 +232,7 @@ impl Pool {
                 attached.device.path
             }
         };
+        crate::failpoint::hit("stage.before-record");
         let st = StageRecord {
             staging_path: staging.clone(),
             access_type: req.access_type,
@@ -259,6 +260,7 @@ impl Pool {
         // unmounting frees the device; a crash cannot leak it.
         let attached = loopdev::attach(image, AttachOptions { autoclear: true, read_only: ro })?;
         let dev = attached.device.path.clone();
+        crate::failpoint::hit("stage.after-attach");
         let mut grew = false;
         match filesystem::probe(&dev)? {
             None if ro => {
@@ -414,6 +416,7 @@ impl Pool {
             }
             return Err(e);
         }
+        crate::failpoint::hit("publish.before-record");
         vol.published.insert(target.clone(), wanted);
         if let Err(e) = self.write_volume(&vol) {
             let _ = mount::cleanup(&target);
@@ -501,6 +504,7 @@ impl Pool {
         let _guard = self.lock_volume(id)?;
         let mut vol = self.volume(id)?;
         self.grow_image_locked(&mut vol, new_size)?;
+        crate::failpoint::hit("expand.after-image");
         let live = self.reconcile(&mut vol)?;
         let (Some(st), Some(dev)) = (vol.staged.clone(), &live.device) else {
             return Ok(vol.capacity_bytes);
@@ -529,6 +533,7 @@ impl Pool {
         let held = loopdev::attach(&image, AttachOptions { autoclear: true, read_only: false })?;
         let opts = MountOptions::parse(&st.mount_options, Some(vol.fs_type))?;
         mount::unmount(&st.staging_path)?;
+        crate::failpoint::hit("expand.unmounted");
         let grown = filesystem::grow_offline(&held.device.path, vol.fs_type);
         mount::mount_fs(&held.device.path, &st.staging_path, vol.fs_type, &opts, false)?;
         grown

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::types::{AccessType, FsType};
-use crate::{copy, id, lock, loopdev, record};
+use crate::{copy, failpoint, id, lock, loopdev, record};
 
 /// Tunables of an open pool.
 #[derive(Debug, Clone)]
@@ -412,8 +412,10 @@ impl Pool {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
             }
+            failpoint::hit("create.before-rename");
             fs::rename(&tmp, &image).map_err(|e| Error::io("rename", &image, e))?;
             record::sync_dir(&self.root.join("volumes"))?;
+            failpoint::hit("create.before-record");
         }
         drop(source_guard);
 
@@ -558,8 +560,10 @@ impl Pool {
                 return Err(e);
             }
         }
+        failpoint::hit("snapshot.before-rename");
         fs::rename(&tmp, &image).map_err(|e| Error::io("rename", &image, e))?;
         record::sync_dir(&self.root.join("snapshots"))?;
+        failpoint::hit("snapshot.before-record");
         let snap = Snapshot {
             id: sid.into(),
             name: name.into(),
