@@ -57,6 +57,10 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// How long SIGTERM waits for in-flight calls (Kubernetes' default grace
+/// period is 30 s).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+
 fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
     let path = match endpoint.split_once("://") {
         Some(("unix", path)) => path,
@@ -129,7 +133,10 @@ fn main() -> anyhow::Result<()> {
         .thread_keep_alive(Duration::from_secs(10))
         .build()
         .context("building the tokio runtime")?;
-    runtime.block_on(serve(args))
+    let result = runtime.block_on(serve(args));
+    // Backend calls cut off by the drain timeout are crash-safe; do not wait for them.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
@@ -155,13 +162,31 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "serving CSI"
     );
-    let result = tonic::transport::Server::builder()
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity::IdentityService(driver.clone())))
         .add_service(ControllerServer::new(controller::ControllerService(driver.clone())))
         .add_service(NodeServer::new(node::NodeService(driver.clone())))
         .add_service(GroupControllerServer::new(group_controller::GroupControllerService(driver)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(server);
+    let result = tokio::select! {
+        result = &mut server => result,
+        () = shutdown_signal() => {
+            // Stop accepting, let in-flight calls finish; a client that keeps
+            // its connection open must not hold the exit past the grace period.
+            let _ = stop.send(());
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(timeout = ?DRAIN_TIMEOUT, "calls or connections still open after the drain timeout");
+                    Ok(())
+                }
+            }
+        }
+    };
     let _ = std::fs::remove_file(&socket);
     result.context("serving gRPC")?;
     tracing::info!("stopped");
