@@ -115,7 +115,7 @@ async fn create_volume_is_idempotent_and_conflicts_on_other_sizes() {
     assert_eq!(code(s.controller.create_volume(bigger).await), Code::AlreadyExists);
     let block = create_req("pvc-idem", SANITY_SIZE, block_rw());
     assert_eq!(code(s.controller.create_volume(block).await), Code::AlreadyExists);
-    assert_eq!(s.list_volume_ids().await, [first.volume_id.clone()]);
+    assert_eq!(s.list_volume_ids().await, vec![first.volume_id.clone()]);
     s.delete(&first.volume_id).await.unwrap();
     s.delete(&first.volume_id).await.unwrap();
     assert!(s.list_volume_ids().await.is_empty());
