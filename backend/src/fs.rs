@@ -258,6 +258,28 @@ fn thaw_fd(fd: &OwnedFd, mount_point: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Thaws the filesystem mounted at `mount_point` if it is frozen. The kernel
+/// does not thaw when the freezing process dies, so a crash while a
+/// [`Frozen`] guard lived (a snapshot copy) would block every write of the
+/// volume for good. The pool calls this when it reconciles a staged volume,
+/// holding the volume's lock: only its holder freezes, so a frozen
+/// filesystem found then is stale. Returns whether it was frozen.
+///
+/// Errors: `Error::Io` opening the directory; `Error::Sys` from FITHAW
+/// other than EINVAL (not frozen).
+pub fn thaw_stale(mount_point: &Path) -> Result<bool> {
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(mount_point)
+        .map_err(|e| Error::io("open mount point", mount_point, e))?;
+    match thaw_fd(&dir.into(), mount_point) {
+        Ok(()) => Ok(true),
+        Err(Error::Sys { errno: Errno::EINVAL, .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Freezes the filesystem mounted at `mount_point` (FIFREEZE): writes block
 /// and the on-disk state is consistent until the returned guard is dropped
 /// or [`Frozen::thaw`]ed, e.g. while its image is copied for a snapshot.

@@ -133,6 +133,14 @@ impl Pool {
             vol.staged = None;
             changed = true;
         }
+        if let Some(st) = vol.staged.as_ref().filter(|st| live.staged && st.access_type == AccessType::Mount) {
+            // A process that died during a snapshot leaves the filesystem
+            // frozen (found by backend/tests/faults.rs); we hold the lock, so
+            // nobody else is freezing it now.
+            if !st.read_only && filesystem::thaw_stale(&st.staging_path).unwrap_or(false) {
+                tracing::warn!(volume = %vol.id, "thawed a filesystem a crashed snapshot left frozen");
+            }
+        }
         let before = vol.published.len();
         vol.published.retain(|target, _| live.mount_points.contains(target));
         changed |= vol.published.len() != before;
@@ -242,6 +250,7 @@ impl Pool {
             device,
         };
         vol.staged = Some(st.clone());
+        vol.formatted |= req.access_type == AccessType::Mount;
         if let Err(e) = self.write_volume(&vol) {
             self.release(&vol, &staging);
             return Err(e);
@@ -268,6 +277,18 @@ impl Pool {
                     id: vol.id.clone(),
                     device: dev,
                     reason: "it is blank and the request is read-only".into(),
+                })
+            }
+            // Formatted before, blank now: the superblock was damaged.
+            // mount-utils would format here; we know better than to destroy
+            // the data (found by backend/tests/faults.rs).
+            None if vol.formatted => {
+                return Err(Error::RefuseFormat {
+                    id: vol.id.clone(),
+                    device: dev,
+                    reason: "blkid finds no filesystem on a volume that held one: the image looks corrupted \
+                             (repair it offline, e.g. e2fsck -b <backup superblock>)"
+                        .into(),
                 })
             }
             None => {

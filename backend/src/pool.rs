@@ -94,6 +94,11 @@ pub struct Volume {
     /// The image is larger than the filesystem on it: grow it at the next stage.
     #[serde(default)]
     pub fs_grow_pending: bool,
+    /// A filesystem was made on (or found on) the image and mounted. Once set,
+    /// a device on which blkid finds nothing is corrupted, not blank, and is
+    /// never formatted again (that would destroy the data for good).
+    #[serde(default)]
+    pub formatted: bool,
     /// FlexVolume attach mode: the node that holds the volume.
     #[serde(default)]
     pub attached_node: Option<String>,
@@ -410,7 +415,7 @@ impl Pool {
             };
             if let Err(e) = built {
                 let _ = fs::remove_file(&tmp);
-                return Err(e);
+                return Err(no_space_is_exhausted(e, size));
             }
             failpoint::hit("create.before-rename");
             fs::rename(&tmp, &image).map_err(|e| Error::io("rename", &image, e))?;
@@ -430,6 +435,7 @@ impl Pool {
             created_at: now(),
             parameters: req.parameters.clone(),
             fs_grow_pending: source_image.is_some() && size > source_size,
+            formatted: false,
             attached_node: None,
             staged: None,
             published: BTreeMap::new(),
@@ -557,7 +563,7 @@ impl Pool {
             self.ensure_space(allocated(&self.volume_image_path(&vol.id)))?;
             if let Err(e) = copy::copy_image(&self.volume_image_path(&vol.id), &tmp) {
                 let _ = fs::remove_file(&tmp);
-                return Err(e);
+                return Err(no_space_is_exhausted(e, vol.capacity_bytes));
             }
         }
         failpoint::hit("snapshot.before-rename");
@@ -784,6 +790,21 @@ fn choose_size(range: CapacityRange, default: u64, source: u64, fs: FsType, acce
     Ok(size)
 }
 
+/// The kernel running out of space while an image is built or copied is the
+/// pool being exhausted (RESOURCE_EXHAUSTED), not an internal error: the
+/// accounting cannot see other users of the pool's filesystem.
+fn no_space_is_exhausted(e: Error, requested: u64) -> Error {
+    let errno = match &e {
+        Error::Sys { errno, .. } => Some(*errno),
+        Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
+        _ => None,
+    };
+    match errno {
+        Some(Errno::ENOSPC | Errno::EDQUOT) => Error::Exhausted { requested, available: 0 },
+        _ => e,
+    }
+}
+
 /// Bytes really allocated to a file (sparse images allocate on write).
 fn allocated(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
@@ -854,5 +875,15 @@ mod tests {
         ));
         assert!(matches!(choose_size(range(2 * GIB, GIB), GIB, 0, FsType::Ext4, m), Err(Error::SizeOutOfRange { .. })));
         assert!(matches!(choose_size(range(u64::MAX, 0), GIB, 0, FsType::Ext4, m), Err(Error::SizeOutOfRange { .. })));
+    }
+
+    #[test]
+    fn enospc_while_building_an_image_is_exhausted() {
+        let sys = Error::Sys { op: "copy_file_range", path: "/p".into(), errno: Errno::ENOSPC };
+        assert!(matches!(no_space_is_exhausted(sys, 7), Error::Exhausted { requested: 7, .. }));
+        let io = Error::Io { op: "fsync", path: "/p".into(), source: std::io::Error::from_raw_os_error(libc::EDQUOT) };
+        assert!(matches!(no_space_is_exhausted(io, 7), Error::Exhausted { .. }));
+        let other = Error::Sys { op: "lseek", path: "/p".into(), errno: Errno::EIO };
+        assert!(matches!(no_space_is_exhausted(other, 7), Error::Sys { .. }));
     }
 }
