@@ -32,6 +32,15 @@ pub fn add_secret(value: &str) {
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
 }
 
+/// Forgets every registered secret. One driver process serves one call, so
+/// the binary never needs this; the fuzz targets (tests/fuzz), which parse
+/// millions of options in one process, call it between inputs.
+#[doc(hidden)]
+#[allow(dead_code)]
+pub fn forget_secrets() {
+    SECRETS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 pub fn redact(text: &str) -> String {
     let secrets = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
     let mut out = text.to_string();
