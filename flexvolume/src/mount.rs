@@ -20,6 +20,11 @@ pub fn run(ctx: &Ctx, target: &Path, json: &str) -> FlexResult<Reply> {
     let id = opts.id()?;
     log::info(format_args!("mount {id} at {}: {}", target.display(), opts.summary()));
     let _guard = ctx.lock(&id)?;
+    // Remembered before anything is staged: a driver killed after staging but
+    // before the bind leaves a pod dir the kernel cannot name the volume of,
+    // and the `unmount` of a pod deleted meanwhile must still find the volume
+    // to release its staging mount and loop device (found by tests/crash.rs).
+    ctx.remember_target(target, &id);
 
     let staging_path = if ctx.config.attach {
         let volume = ctx.pool.volume(&id)?;
@@ -60,7 +65,6 @@ pub fn run(ctx: &Ctx, target: &Path, json: &str) -> FlexResult<Reply> {
         let _ = std::fs::create_dir_all(target);
         return Err(e.into());
     }
-    ctx.remember_target(target, &id);
     Ok(Reply::success())
 }
 

@@ -1,0 +1,192 @@
+//! The FlexVolume binary killed with SIGKILL in the middle of `mount`, at
+//! many points (creating, formatting, checking, mounting, binding, writing
+//! records), then driven again as kubelet would: a re-run of `mount` or an
+//! `unmount` converges. After every trial the data written before reads
+//! back, there is exactly one mount, and no loop device or mount is leaked.
+//!
+//! `LOOPVOL_CRASH_TRIALS` changes the number of trials (default 60).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Starts the driver as kubelet does, without waiting for it.
+fn spawn(w: &World, args: &[&str]) -> Child {
+    Command::new(EXE)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LOOPVOL_FLEX_CONFIG", &w.config)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn driver")
+}
+
+/// Waits (bounded) for `cond`: an autoclear loop device can linger while
+/// udev still holds it. A liveness bound, not a timing assertion.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..400 {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+fn pattern(seed: u8) -> Vec<u8> {
+    (0..256 * 1024u32).map(|i| (i.wrapping_mul(31) >> 3).to_le_bytes()[0] ^ seed).collect()
+}
+
+/// Nothing of the world is mounted any more and no loop device is left.
+#[track_caller]
+fn assert_released(w: &World, what: &str) {
+    let root = fs::canonicalize(w.dir.path()).unwrap();
+    assert!(
+        eventually(|| mounts().iter().all(|m| !m.mount_point.starts_with(&root))),
+        "{what}: a mount is left: {:?}",
+        mounts().iter().filter(|m| m.mount_point.starts_with(&root)).map(|m| &m.mount_point).collect::<Vec<_>>()
+    );
+    assert!(eventually(|| loops_under(&w.pool).is_empty()), "{what}: loop devices left: {:?}", loops_under(&w.pool));
+}
+
+/// No half-built image is left once a call on the volume has succeeded. (A
+/// killed record write can leave a small pid-tagged `.<id>.json.<pid>.tmp`;
+/// records never read it and `loopvol doctor` removes it.)
+#[track_caller]
+fn assert_no_temp_files(w: &World, what: &str) {
+    for dir in ["volumes", "snapshots"] {
+        let Ok(entries) = fs::read_dir(w.pool.join(dir)) else { continue };
+        for e in entries {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            assert!(!name.ends_with(".img.tmp"), "{what}: {dir}/{name} left behind");
+        }
+    }
+}
+
+/// One volume's state across trials: the data it must hold.
+struct Vol {
+    pv: String,
+    json: String,
+    data: Option<Vec<u8>>,
+}
+
+/// Mounts into a fresh pod dir, checks one mount and the data, writes new
+/// data, unmounts and checks that everything is released. Returns how long
+/// the mount took (to aim the kills, never asserted).
+fn full_cycle(w: &World, v: &mut Vol, pod: &Path, seed: u8, what: &str) -> Duration {
+    let started = Instant::now();
+    let out = w.run(&["mount", p(pod), &v.json]);
+    let took = started.elapsed();
+    assert_eq!(out.status(), "Success", "{what}: mount: {}", out.raw);
+    check_mounted(w, v, pod, what);
+    let data = pattern(seed);
+    fs::write(pod.join("data"), &data).unwrap();
+    nix::unistd::sync();
+    v.data = Some(data);
+    let out = w.run(&["unmount", p(pod)]);
+    assert_eq!(out.status(), "Success", "{what}: unmount: {}", out.raw);
+    assert_released(w, what);
+    took
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).clamp(5_000, 5_000_000)
+}
+
+#[track_caller]
+fn check_mounted(w: &World, v: &Vol, pod: &Path, what: &str) {
+    assert_eq!(mount_count(pod), 1, "{what}: exactly one mount at the pod dir");
+    assert_eq!(mount_count(&w.staging(&v.pv)), 1, "{what}: exactly one staging mount");
+    assert_eq!(loops_under(&w.pool).len(), 1, "{what}: exactly one loop device");
+    if let Some(data) = &v.data {
+        assert!(fs::read(pod.join("data")).unwrap() == *data, "{what}: the data written before reads back");
+    }
+    assert_no_temp_files(w, what);
+}
+
+#[test]
+fn killed_mount_converges_on_rerun_or_unmount() {
+    if !loopvol_backend::testing::privileged("killed_mount_converges_on_rerun_or_unmount") {
+        return;
+    }
+    let trials: u32 = std::env::var("LOOPVOL_CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let w = World::new(false);
+    let _g = w.guard();
+
+    // Aim the kills: how long a first mount (create + mkfs) and a mount of
+    // an existing volume (fsck + mount) take here, measured, not asserted.
+    let mut vol = Vol { pv: "pv-crash".into(), json: mount_json("pv-crash", &[("size", "64Mi")]), data: None };
+    let first = full_cycle(&w, &mut vol, &w.pod_dir("calibrate", "pv-crash"), 0, "calibration");
+    let mut window_new = micros(first);
+    let mut window = micros(full_cycle(&w, &mut vol, &w.pod_dir("calibrate-2", "pv-crash"), 0, "calibration"));
+
+    let mut kills = 0;
+    let mut finished_before_kill = 0;
+    for trial in 0..trials {
+        let what = format!("trial {trial}");
+        // Every fourth trial kills the first mount of a brand-new volume
+        // (create, mkfs); the others an existing, unstaged one (fsck, mount).
+        let mut fresh;
+        let v = if trial % 4 == 0 {
+            let pv = format!("pv-new-{trial}");
+            fresh = Vol { json: mount_json(&pv, &[("size", "32Mi")]), pv, data: None };
+            &mut fresh
+        } else {
+            &mut vol
+        };
+        let pod = w.pod_dir(&format!("pod-{trial}"), &v.pv);
+        // Spread the kills over the whole call, deterministically.
+        let span = if trial % 4 == 0 { window_new } else { window };
+        let delay = Duration::from_micros(span * u64::from(trial * 37 % trials) / u64::from(trials));
+        let mut child = spawn(&w, &["mount", p(&pod), &v.json]);
+        std::thread::sleep(delay);
+        match child.try_wait().unwrap() {
+            Some(_) => finished_before_kill += 1,
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+            }
+        }
+        child.wait().unwrap();
+
+        if trial % 2 == 0 {
+            // Kubelet retries the mount.
+            let out = w.run(&["mount", p(&pod), &v.json]);
+            assert_eq!(out.status(), "Success", "{what}: mount after the kill: {}", out.raw);
+            check_mounted(&w, v, &pod, &what);
+            let out = w.run(&["unmount", p(&pod)]);
+            assert_eq!(out.status(), "Success", "{what}: unmount: {}", out.raw);
+            assert_released(&w, &what);
+        } else {
+            // The pod went away meanwhile: kubelet tears down instead.
+            let out = w.run(&["unmount", p(&pod)]);
+            assert_eq!(out.status(), "Success", "{what}: unmount after the kill: {}", out.raw);
+            assert_released(&w, &what);
+        }
+        // Either way the volume mounts again with its data, and takes new data.
+        let again: PathBuf = w.pod_dir(&format!("pod-{trial}-again"), &v.pv);
+        let took = micros(full_cycle(&w, v, &again, u8::try_from(trial % 251).unwrap_or(0) + 1, &what));
+        if trial % 4 == 0 {
+            window_new = window_new.max(took);
+        } else {
+            window = took;
+        }
+    }
+    eprintln!("{trials} trials: {kills} killed mid-mount, {finished_before_kill} finished before the kill");
+    assert!(kills > 0, "no trial killed a running mount");
+    let log = w.log();
+    assert!(!log.contains(SECRET) && !log.contains(&secret_b64()), "no secret in the log");
+}
