@@ -646,6 +646,7 @@ pub fn clean_path(path: &Path) -> Result<PathBuf> {
 /// file there is refused (a symlink could point the mount anywhere). Returns
 /// whether it was created.
 fn prepare_dir(path: &Path) -> Result<bool> {
+    check_no_symlink_on_the_way(path)?;
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Ok(false),
         Ok(m) => Err(Error::TargetKind { path: path.into(), actual: kind(&m), wanted: "directory" }),
@@ -663,6 +664,7 @@ fn prepare_dir(path: &Path) -> Result<bool> {
 
 /// Makes sure a regular file exists at `path` (block targets).
 fn prepare_file(path: &Path) -> Result<bool> {
+    check_no_symlink_on_the_way(path)?;
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_file() => Ok(false),
         Ok(m) => Err(Error::TargetKind { path: path.into(), actual: kind(&m), wanted: "file" }),
@@ -684,6 +686,34 @@ fn prepare_file(path: &Path) -> Result<bool> {
         }
         Err(e) => Err(Error::io("stat", path, e)),
     }
+}
+
+/// Refuses a (clean) path whose directories on the way include a symlink.
+/// mount(2) follows them, so the mount would land where neither mountinfo
+/// nor the records know it by this name: a repeated publish then mounts
+/// twice, unstage sees a stranger, and the mount may sit outside the
+/// kubelet directory (found by tests/tests/security.rs). The nearest
+/// existing ancestor of a clean path resolves to itself unless a symlink is
+/// on the way. The path's own kind is checked by the callers.
+fn check_no_symlink_on_the_way(path: &Path) -> Result<()> {
+    let mut ancestor = path.parent();
+    while let Some(dir) = ancestor {
+        match fs::symlink_metadata(dir) {
+            Ok(_) => {
+                let real = fs::canonicalize(dir).map_err(|e| Error::io("resolve", dir, e))?;
+                if real != dir {
+                    return Err(Error::InvalidPath {
+                        path: path.into(),
+                        reason: "a directory on the way is a symlink",
+                    });
+                }
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ancestor = dir.parent(),
+            Err(e) => return Err(Error::io("stat", dir, e)),
+        }
+    }
+    Ok(())
 }
 
 fn kind(m: &fs::Metadata) -> &'static str {
@@ -725,5 +755,13 @@ mod tests {
         assert!(!prepare_dir(&dir.path().join("new/sub")).unwrap());
         assert!(prepare_file(&dir.path().join("blk/dev")).unwrap());
         assert!(!prepare_file(&dir.path().join("blk/dev")).unwrap());
+        // A symlink on the way is refused before anything is created.
+        let root = fs::canonicalize(dir.path()).unwrap();
+        std::os::unix::fs::symlink(root.join("new"), root.join("hop")).unwrap();
+        for target in [root.join("hop/x"), root.join("hop/sub/deeper")] {
+            assert!(matches!(prepare_dir(&target), Err(Error::InvalidPath { .. })), "{target:?}");
+            assert!(matches!(prepare_file(&target), Err(Error::InvalidPath { .. })), "{target:?}");
+        }
+        assert!(!root.join("new/x").exists() && !root.join("new/sub/deeper").exists());
     }
 }
