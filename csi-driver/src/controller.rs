@@ -297,6 +297,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
         let capabilities = CAPABILITIES
             .iter()
+            .filter(|t| self.0.advertise_get_snapshot || **t != CapType::GetSnapshot)
             .map(|t| csi::ControllerServiceCapability { r#type: Some(OneOf::Rpc(Rpc { r#type: *t as i32 })) })
             .collect();
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse { capabilities }))

@@ -14,14 +14,16 @@ pub struct Driver {
     pub name: String,
     pub node_id: String,
     pub max_volumes_per_node: i64,
+    /// Whether ControllerGetCapabilities lists GET_SNAPSHOT (the RPC works either way).
+    pub advertise_get_snapshot: bool,
     /// `topology.<driver-name>/node`: the one segment key loopvol reports.
     pub topology_key: String,
 }
 
 impl Driver {
-    pub fn new(pool: Pool, name: String, node_id: String, max_volumes_per_node: i64) -> Arc<Driver> {
+    pub fn new(pool: Pool, name: String, node_id: String, max_volumes_per_node: i64) -> Driver {
         let topology_key = format!("topology.{name}/node");
-        Arc::new(Driver { pool: Arc::new(pool), name, node_id, max_volumes_per_node, topology_key })
+        Driver { pool: Arc::new(pool), name, node_id, max_volumes_per_node, advertise_get_snapshot: true, topology_key }
     }
 
     /// This node's topology segment.

@@ -52,6 +52,11 @@ struct Args {
     /// Volumes this node may hold; 0 leaves the limit to the CO.
     #[arg(long, env = "LOOPVOL_MAX_VOLUMES_PER_NODE", default_value_t = 0)]
     max_volumes_per_node: u32,
+    /// List GET_SNAPSHOT in ControllerGetCapabilities. csi-sanity v5.4.0
+    /// fails on capabilities it does not know, GET_SNAPSHOT (CSI 1.12) among
+    /// them: run it with `--advertise-get-snapshot=false`.
+    #[arg(long, env = "LOOPVOL_ADVERTISE_GET_SNAPSHOT", default_value_t = true, action = clap::ArgAction::Set)]
+    advertise_get_snapshot: bool,
     /// Log format on stderr.
     #[arg(long, env = "LOOPVOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -152,7 +157,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     })
     .await?
     .with_context(|| format!("opening pool {}", args.pool.display()))?;
-    let driver = driver::Driver::new(pool, args.driver_name, args.node_id, i64::from(args.max_volumes_per_node));
+    let mut driver = driver::Driver::new(pool, args.driver_name, args.node_id, i64::from(args.max_volumes_per_node));
+    driver.advertise_get_snapshot = args.advertise_get_snapshot;
+    let driver = std::sync::Arc::new(driver);
     let listener = bind(&socket)?;
     tracing::info!(
         socket = %socket.display(),
