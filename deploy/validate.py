@@ -629,6 +629,8 @@ def resizer_errors(found: list[dict]) -> Iterable[str]:
         yield "resizer and its driver must share /csi/csi.sock"
     if flag(drv, "node-id") != "$(NODE_NAME)" or env_field(drv, "NODE_NAME") != "spec.nodeName":
         yield "resizer's driver: --node-id must be $(NODE_NAME) from spec.nodeName"
+    if flag(drv, "defer-expansion-to-node") != "true":
+        yield "resizer's driver: --defer-expansion-to-node (it holds no volumes; the owning node grows them)"
     for v in spec.get("volumes") or []:
         if "hostPath" in v:
             yield f"resizer: volume {v['name']} is a hostPath; it must never touch a node's pool"

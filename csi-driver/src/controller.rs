@@ -379,11 +379,24 @@ impl Controller for ControllerService {
             None => false,
         };
         let size = if want == 0 { limit } else { want };
-        let outcome = self.0.run(move |pool| pool.expand_volume(&id, size)).await?;
-        Ok(Response::new(csi::ControllerExpandVolumeResponse {
-            capacity_bytes: to_i64(outcome.capacity_bytes),
-            node_expansion_required: outcome.node_expansion_required && !block,
-        }))
+        let defer = self.0.defer_expansion_to_node;
+        let outcome = self
+            .0
+            .run(move |pool| match pool.expand_volume(&id, size) {
+                // A central resizer's driver does not hold the node's pool:
+                // the owning node's NodeExpandVolume grows image and filesystem.
+                Err(loopvol_backend::Error::VolumeNotFound(_)) if defer => Ok(None),
+                other => other.map(Some),
+            })
+            .await?;
+        let response = match outcome {
+            Some(outcome) => csi::ControllerExpandVolumeResponse {
+                capacity_bytes: to_i64(outcome.capacity_bytes),
+                node_expansion_required: outcome.node_expansion_required && !block,
+            },
+            None => csi::ControllerExpandVolumeResponse { capacity_bytes: to_i64(size), node_expansion_required: true },
+        };
+        Ok(Response::new(response))
     }
 
     async fn controller_get_volume(

@@ -18,12 +18,23 @@ pub struct Driver {
     pub advertise_get_snapshot: bool,
     /// `topology.<driver-name>/node`: the one segment key loopvol reports.
     pub topology_key: String,
+    /// ControllerExpandVolume of a volume this pool does not hold asks for
+    /// node expansion instead of NOT_FOUND (the central resizer's driver).
+    pub defer_expansion_to_node: bool,
 }
 
 impl Driver {
     pub fn new(pool: Pool, name: String, node_id: String, max_volumes_per_node: i64) -> Driver {
         let topology_key = format!("topology.{name}/node");
-        Driver { pool: Arc::new(pool), name, node_id, max_volumes_per_node, advertise_get_snapshot: true, topology_key }
+        Driver {
+            pool: Arc::new(pool),
+            name,
+            node_id,
+            max_volumes_per_node,
+            advertise_get_snapshot: true,
+            topology_key,
+            defer_expansion_to_node: false,
+        }
     }
 
     /// This node's topology segment.

@@ -57,6 +57,12 @@ struct Args {
     /// them: run it with `--advertise-get-snapshot=false`.
     #[arg(long, env = "LOOPVOL_ADVERTISE_GET_SNAPSHOT", default_value_t = true, action = clap::ArgAction::Set)]
     advertise_get_snapshot: bool,
+    /// For the single external-resizer Deployment (it has no per-node mode):
+    /// ControllerExpandVolume of a volume not in this driver's pool answers
+    /// with node_expansion_required, and NodeExpandVolume on the node that
+    /// holds the volume grows its image, loop device and filesystem.
+    #[arg(long, env = "LOOPVOL_DEFER_EXPANSION_TO_NODE")]
+    defer_expansion_to_node: bool,
     /// Log format on stderr.
     #[arg(long, env = "LOOPVOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -159,6 +165,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     .with_context(|| format!("opening pool {}", args.pool.display()))?;
     let mut driver = driver::Driver::new(pool, args.driver_name, args.node_id, i64::from(args.max_volumes_per_node));
     driver.advertise_get_snapshot = args.advertise_get_snapshot;
+    driver.defer_expansion_to_node = args.defer_expansion_to_node;
     let driver = std::sync::Arc::new(driver);
     let listener = bind(&socket)?;
     tracing::info!(

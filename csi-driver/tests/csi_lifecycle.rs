@@ -443,3 +443,48 @@ async fn ext4_growth_refused_online_happens_at_the_next_stage() {
     s.unstage(&id, &staging).await.unwrap();
     s.delete(&id).await.unwrap();
 }
+
+/// The deployment runs external-resizer once, beside a driver whose pool
+/// holds no volumes: that driver defers to the owning node, whose
+/// NodeExpandVolume grows image, loop device and filesystem.
+#[tokio::test]
+async fn central_resizer_defers_expansion_to_the_owning_node() {
+    privileged!("central_resizer_defers_expansion_to_the_owning_node");
+    let mut node = Server::start().await;
+    let mut resizer = Server::start_with(&["--defer-expansion-to-node"]).await;
+    let mut plain = Server::start().await;
+    let xfs = mount_cap(Mode::SingleNodeWriter, "xfs");
+    let id = node.create("pvc-central", 512 * MIB, xfs.clone()).await.volume_id;
+    let (staging, target) = (node.staging("central"), node.target("central"));
+    node.stage(&id, &staging, xfs.clone()).await.unwrap();
+    node.publish(&id, &staging, &target, xfs.clone(), false).await.unwrap();
+    let before = usage(&node.stats(&id, &target).await.unwrap(), Unit::Bytes).total;
+
+    let want = GIB;
+    let expand = |cap: csi::VolumeCapability| csi::ControllerExpandVolumeRequest {
+        volume_id: id.clone(),
+        capacity_range: Some(csi::CapacityRange { required_bytes: want, limit_bytes: 0 }),
+        volume_capability: Some(cap),
+        ..Default::default()
+    };
+    assert_eq!(code(plain.controller.controller_expand_volume(expand(xfs.clone())).await), Code::NotFound);
+    let out = resizer.controller.controller_expand_volume(expand(xfs.clone())).await.unwrap().into_inner();
+    assert_eq!((out.capacity_bytes, out.node_expansion_required), (want, true));
+    let out = resizer.controller.controller_expand_volume(expand(block_rw())).await.unwrap().into_inner();
+    assert!(out.node_expansion_required, "block volumes grow on their node too");
+
+    let grow = csi::NodeExpandVolumeRequest {
+        volume_id: id.clone(),
+        volume_path: target.to_string_lossy().into_owned(),
+        capacity_range: Some(csi::CapacityRange { required_bytes: want, limit_bytes: 0 }),
+        volume_capability: Some(xfs.clone()),
+        ..Default::default()
+    };
+    let out = node.node.node_expand_volume(grow).await.unwrap().into_inner();
+    assert_eq!(out.capacity_bytes, want);
+    let after = usage(&node.stats(&id, &target).await.unwrap(), Unit::Bytes).total;
+    assert!(after > before + 300 * MIB, "filesystem grew from {before} to {after}");
+    node.unpublish(&id, &target).await.unwrap();
+    node.unstage(&id, &staging).await.unwrap();
+    node.delete(&id).await.unwrap();
+}
