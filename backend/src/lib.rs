@@ -19,6 +19,7 @@ pub mod mount_options;
 pub mod mountinfo;
 pub mod node;
 pub mod pool;
+pub mod quantity;
 pub mod record;
 #[doc(hidden)]
 pub mod testing;

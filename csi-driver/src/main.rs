@@ -10,7 +10,6 @@ mod group_controller;
 mod identity;
 mod node;
 mod pagination;
-mod quantity;
 mod status;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

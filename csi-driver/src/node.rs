@@ -48,8 +48,8 @@ fn ephemeral_create(id: &str, context: &HashMap<String, String>, wanted: &Wanted
     for (key, value) in context {
         match key.as_str() {
             ATTR_SIZE => {
-                required_bytes = crate::quantity::parse(value)
-                    .ok_or_else(|| Status::invalid_argument(format!("size {value:?} is not a quantity like 1Gi")))?;
+                required_bytes = loopvol_backend::quantity::parse(value.trim())
+                    .map_err(|e| Status::invalid_argument(format!("size {value:?} is not a quantity like 1Gi: {e}")))?;
             }
             PARAM_FS_TYPE if !value.is_empty() => fs_type = Some(value.parse().map_err(crate::status::to_status)?),
             PARAM_FS_TYPE => {}

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use loopvol_backend::FsType;
 use serde::Deserialize;
 
-use crate::quantity;
 use crate::reply::{FlexError, FlexResult};
+use loopvol_backend::quantity;
 
 pub const ENV: &str = "LOOPVOL_FLEX_CONFIG";
 pub const FILE_NAME: &str = ".loopvol.json";

@@ -9,5 +9,5 @@ pub mod config;
 pub mod context;
 pub mod log;
 pub mod options;
-pub mod quantity;
+pub use loopvol_backend::quantity;
 pub mod reply;

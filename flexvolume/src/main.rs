@@ -16,7 +16,6 @@ mod install;
 mod log;
 mod mount;
 mod options;
-mod quantity;
 mod reply;
 mod stdio;
 mod unmount;

@@ -10,8 +10,8 @@ use loopvol_backend::{id, FsType};
 
 use crate::config::Config;
 use crate::log;
-use crate::quantity;
 use crate::reply::{FlexError, FlexResult};
+use loopvol_backend::quantity;
 
 pub const FS_TYPE: &str = "kubernetes.io/fsType";
 pub const READWRITE: &str = "kubernetes.io/readwrite";
