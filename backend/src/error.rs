@@ -15,8 +15,6 @@ pub enum Error {
     InvalidId { id: String, reason: &'static str },
     #[error("invalid name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
-    #[error("invalid size: {reason}")]
-    InvalidSize { reason: String },
     #[error("unsupported filesystem type {0:?} (supported: ext4, xfs, btrfs)")]
     UnsupportedFsType(String),
     #[error("mount option {option:?} is not allowed: {reason}")]
@@ -63,8 +61,6 @@ pub enum Error {
     TargetKind { path: PathBuf, actual: &'static str, wanted: &'static str },
 
     // ---- sizes (OUT_OF_RANGE / RESOURCE_EXHAUSTED) ----
-    #[error("volume {id}: cannot shrink from {current} to {requested} bytes")]
-    Shrink { id: String, current: u64, requested: u64 },
     #[error("requested size {requested} is out of range: {reason}")]
     SizeOutOfRange { requested: u64, reason: String },
     #[error("pool exhausted: {requested} bytes requested, {available} bytes available")]

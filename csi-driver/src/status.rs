@@ -10,7 +10,6 @@ pub fn to_status(err: Error) -> Status {
         // Bad input.
         Error::InvalidId { .. }
         | Error::InvalidName { .. }
-        | Error::InvalidSize { .. }
         | Error::UnsupportedFsType(_)
         | Error::MountOptionNotAllowed { .. }
         | Error::InvalidPath { .. }
@@ -32,7 +31,7 @@ pub fn to_status(err: Error) -> Status {
         | Error::OnlineGrowRefused { .. }
         | Error::TargetKind { .. } => Code::FailedPrecondition,
         // Sizes.
-        Error::Shrink { .. } | Error::SizeOutOfRange { .. } => Code::OutOfRange,
+        Error::SizeOutOfRange { .. } => Code::OutOfRange,
         Error::Exhausted { .. } => Code::ResourceExhausted,
         // Another operation holds the volume: the CO retries with backoff.
         Error::Busy(_) => Code::Aborted,

@@ -139,7 +139,6 @@ pub fn backend_failure(err: &Error) -> Reply {
         // Bad input: fix the PV or pod spec.
         Error::InvalidId { .. }
         | Error::InvalidName { .. }
-        | Error::InvalidSize { .. }
         | Error::UnsupportedFsType(_)
         | Error::MountOptionNotAllowed { .. }
         | Error::InvalidPath { .. }
@@ -162,7 +161,6 @@ pub fn backend_failure(err: &Error) -> Reply {
         // Kubelet retries expandfs; the backend grows the filesystem at the next stage.
         Error::OnlineGrowRefused { .. } => text,
         Error::TargetKind { .. } => text,
-        Error::Shrink { .. } => text,
         Error::SizeOutOfRange { .. } => text,
         Error::Exhausted { .. } => text,
         Error::Busy(_) => format!("{text}; try again"),
@@ -179,7 +177,6 @@ fn backend_class(err: &Error) -> &'static str {
     match err {
         Error::InvalidId { .. }
         | Error::InvalidName { .. }
-        | Error::InvalidSize { .. }
         | Error::UnsupportedFsType(_)
         | Error::MountOptionNotAllowed { .. }
         | Error::InvalidPath { .. }
@@ -197,7 +194,7 @@ fn backend_class(err: &Error) -> &'static str {
         | Error::FsckFailed { .. }
         | Error::OnlineGrowRefused { .. }
         | Error::TargetKind { .. } => "failed precondition",
-        Error::Shrink { .. } | Error::SizeOutOfRange { .. } => "out of range",
+        Error::SizeOutOfRange { .. } => "out of range",
         Error::Exhausted { .. } => "resource exhausted",
         Error::Busy(_) => "aborted",
         Error::Io { .. }
