@@ -54,8 +54,9 @@ pub fn from_name(prefix: &str, name: &str) -> String {
     format!("{prefix}{hex}")
 }
 
-/// Error messages quote at most 64 bytes of hostile input.
-fn truncate(s: &str) -> String {
+/// Error messages quote at most 64 bytes of hostile input (a 1 MB ID echoed
+/// into a gRPC status would not even fit in HTTP/2 headers).
+pub(crate) fn truncate(s: &str) -> String {
     let mut end = s.len().min(64);
     while !s.is_char_boundary(end) {
         end -= 1;

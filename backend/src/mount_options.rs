@@ -173,7 +173,7 @@ impl MountOptions {
 }
 
 fn not_allowed(option: &str, reason: &'static str) -> Error {
-    Error::MountOptionNotAllowed { option: option.to_string(), reason }
+    Error::MountOptionNotAllowed { option: crate::id::truncate(option), reason }
 }
 
 fn conflict_reason(_other: &str) -> &'static str {

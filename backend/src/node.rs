@@ -620,7 +620,9 @@ fn check_access(vol: &Volume, wanted: AccessType) -> Result<()> {
 /// Requires an absolute path without `..` and returns it in the normal form
 /// that /proc/self/mountinfo uses (no `.`, no doubled or trailing slashes).
 pub fn clean_path(path: &Path) -> Result<PathBuf> {
-    let bad = |reason| Err(Error::InvalidPath { path: path.into(), reason });
+    // The error quotes a bounded prefix of a hostile path.
+    let quoted = || PathBuf::from(crate::id::truncate(&path.to_string_lossy()));
+    let bad = |reason| Err(Error::InvalidPath { path: quoted(), reason });
     if !path.is_absolute() {
         return bad("not an absolute path");
     }

@@ -278,7 +278,7 @@ impl Pool {
     }
 
     pub fn snapshot(&self, id: &str) -> Result<Snapshot> {
-        id::validate(id).map_err(|_| Error::SnapshotNotFound(id.to_string()))?;
+        id::validate(id).map_err(|_| Error::SnapshotNotFound(id::truncate(id)))?;
         record::read(&self.snapshot_record_path(id))?.ok_or_else(|| Error::SnapshotNotFound(id.to_string()))
     }
 
@@ -288,7 +288,7 @@ impl Pool {
     }
 
     pub fn group_snapshot(&self, id: &str) -> Result<GroupSnapshot> {
-        id::validate(id).map_err(|_| Error::SnapshotNotFound(id.to_string()))?;
+        id::validate(id).map_err(|_| Error::SnapshotNotFound(id::truncate(id)))?;
         record::read(&self.group_record_path(id))?.ok_or_else(|| Error::SnapshotNotFound(id.to_string()))
     }
 
@@ -377,7 +377,7 @@ impl Pool {
                 (Some(self.snapshot_image_path(sid)), snap.size_bytes, Some(snap.fs_type))
             }
             Some(Source::Volume(vid)) => {
-                id::validate(vid).map_err(|_| Error::VolumeNotFound(vid.clone()))?;
+                id::validate(vid).map_err(|_| Error::VolumeNotFound(id::truncate(vid)))?;
                 if *vid == id {
                     return Err(Error::InvalidArgument("a volume cannot be its own source".into()));
                 }
@@ -543,7 +543,7 @@ impl Pool {
             }
             return Ok(existing);
         }
-        id::validate(source_volume_id).map_err(|_| Error::VolumeNotFound(source_volume_id.into()))?;
+        id::validate(source_volume_id).map_err(|_| Error::VolumeNotFound(id::truncate(source_volume_id)))?;
         let _vol_guard = self.lock_volume(source_volume_id)?;
         let vol = self.volume(source_volume_id)?;
         let frozen = self.freeze_if_mounted(source_volume_id)?;
@@ -633,7 +633,7 @@ impl Pool {
         let mut guards = Vec::with_capacity(members.len());
         let mut vols = Vec::with_capacity(members.len());
         for vid in &members {
-            id::validate(vid).map_err(|_| Error::VolumeNotFound(vid.clone()))?;
+            id::validate(vid).map_err(|_| Error::VolumeNotFound(id::truncate(vid)))?;
             guards.push(self.lock_volume(vid)?);
             vols.push(self.volume(vid)?);
         }

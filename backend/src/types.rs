@@ -51,7 +51,7 @@ impl FromStr for FsType {
             "ext4" => Ok(FsType::Ext4),
             "xfs" => Ok(FsType::Xfs),
             "btrfs" => Ok(FsType::Btrfs),
-            other => Err(Error::UnsupportedFsType(other.to_string())),
+            other => Err(Error::UnsupportedFsType(crate::id::truncate(other))),
         }
     }
 }
