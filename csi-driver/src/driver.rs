@@ -56,7 +56,9 @@ impl Driver {
         F: FnOnce(&Pool) -> loopvol_backend::Result<T> + Send + 'static,
     {
         let pool = Arc::clone(&self.pool);
-        match tokio::task::spawn_blocking(move || f(&pool)).await {
+        // The backend's events (which name the volume) belong to the RPC's span.
+        let span = tracing::Span::current();
+        match tokio::task::spawn_blocking(move || span.in_scope(|| f(&pool))).await {
             Ok(result) => result.map_err(crate::status::to_status),
             Err(join) => Err(Status::internal(format!("backend call failed: {join}"))),
         }

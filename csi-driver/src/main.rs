@@ -1,19 +1,23 @@
 //! loopvol-csi: the CSI driver. Serves Identity, Controller, Node and
-//! GroupController on one unix socket over the loopvol backend.
+//! GroupController on one unix socket over the loopvol backend, optionally
+//! Prometheus metrics over HTTP; its subcommands are the admin CLI.
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod capability;
 mod controller;
 mod driver;
 mod group_controller;
 mod identity;
+mod metrics;
 mod node;
 mod pagination;
 mod status;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -33,21 +37,49 @@ enum LogFormat {
 }
 
 /// loopvol CSI driver: node-local volumes as sparse image files on loop devices.
+///
+/// Without a subcommand it serves CSI on --endpoint; the subcommands are the
+/// admin CLI (run them in the driver's container, where the pool is).
 #[derive(Debug, Parser)]
 #[command(version)]
-struct Args {
+struct Cli {
+    #[command(subcommand)]
+    command: Option<admin::Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Pool directory holding the volume images and records.
+    #[arg(
+        long,
+        env = "LOOPVOL_POOL",
+        default_value = "./loopvol-pool",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pool: PathBuf,
+    /// CSI driver name (also names the topology key topology.<name>/node).
+    #[arg(
+        long,
+        env = "LOOPVOL_DRIVER_NAME",
+        default_value = "loopvol.csi.io",
+        global = true,
+        help_heading = "Global options"
+    )]
+    driver_name: String,
+    /// Log format on stderr.
+    #[arg(long, env = "LOOPVOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true, help_heading = "Global options")]
+    log_format: LogFormat,
+}
+
+/// Flags of the CSI server (no subcommand).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Serving (no subcommand)")]
+struct ServeArgs {
     /// CSI endpoint: unix:///path/csi.sock or a plain socket path.
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
     endpoint: String,
-    /// This node's name, reported as node ID and topology.
+    /// This node's name, reported as node ID and topology (required to serve).
     #[arg(long, env = "NODE_NAME")]
-    node_id: String,
-    /// Pool directory holding the volume images and records.
-    #[arg(long, env = "LOOPVOL_POOL", default_value = "./loopvol-pool")]
-    pool: PathBuf,
-    /// CSI driver name (also names the topology key topology.<name>/node).
-    #[arg(long, env = "LOOPVOL_DRIVER_NAME", default_value = "loopvol.csi.io")]
-    driver_name: String,
+    node_id: Option<String>,
     /// Volumes this node may hold; 0 leaves the limit to the CO.
     #[arg(long, env = "LOOPVOL_MAX_VOLUMES_PER_NODE", default_value_t = 0)]
     max_volumes_per_node: u32,
@@ -62,9 +94,19 @@ struct Args {
     /// holds the volume grows its image, loop device and filesystem.
     #[arg(long, env = "LOOPVOL_DEFER_EXPANSION_TO_NODE")]
     defer_expansion_to_node: bool,
-    /// Log format on stderr.
-    #[arg(long, env = "LOOPVOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDRESS/metrics
+    /// (e.g. 127.0.0.1:9808 or [::]:9808). Unset or empty: no metrics server.
+    #[arg(long, env = "LOOPVOL_METRICS_ADDRESS", value_name = "ADDRESS")]
+    metrics_address: Option<String>,
+}
+
+/// Everything `serve` needs, checked.
+struct Serve {
+    args: ServeArgs,
+    node_id: String,
+    pool: PathBuf,
+    driver_name: String,
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// How long SIGTERM waits for in-flight calls (Kubernetes' default grace
@@ -119,9 +161,9 @@ async fn shutdown_signal() {
     tracing::info!(signal = name, "shutting down: draining in-flight calls");
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -129,29 +171,74 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    init_logging(args.log_format);
-    if args.node_id.is_empty() {
-        bail!("--node-id (NODE_NAME) must not be empty");
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(command) => {
+            // Admin commands: the result goes to stdout, only problems to stderr.
+            init_logging(cli.log_format, "warn");
+            let context = admin::Context { pool: cli.pool, driver_name: cli.driver_name };
+            match admin::run(command, &context) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("loopvol-csi: {e:#}");
+                    admin::exit_error()
+                }
+            }
+        }
+        None => {
+            init_logging(cli.log_format, "info");
+            let serve = match check_serve_args(cli.serve, cli.pool, cli.driver_name) {
+                Ok(serve) => serve,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match run_server(serve) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("Error: {e:?}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+fn check_serve_args(args: ServeArgs, pool: PathBuf, driver_name: String) -> anyhow::Result<Serve> {
+    let node_id = match args.node_id.as_deref() {
+        None => bail!("--node-id (NODE_NAME) is required to serve CSI"),
+        Some("") => bail!("--node-id (NODE_NAME) must not be empty"),
+        Some(id) => id.to_string(),
+    };
+    let metrics_address = match args.metrics_address.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(addr) => Some(metrics::parse_address(addr)?),
+    };
+    Ok(Serve { args, node_id, pool, driver_name, metrics_address })
+}
+
+fn run_server(serve: Serve) -> anyhow::Result<()> {
     // One event-loop thread is plenty for a node plugin; the backend's
-    // blocking work runs on a small blocking pool (idle RSS stays low).
+    // blocking work runs on a small blocking pool (idle RSS stays low). The
+    // metrics endpoint, when enabled, runs on the same thread.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(16)
         .thread_keep_alive(Duration::from_secs(10))
         .build()
         .context("building the tokio runtime")?;
-    let result = runtime.block_on(serve(args));
+    let result = runtime.block_on(serve_csi(serve));
     // Backend calls cut off by the drain timeout are crash-safe; do not wait for them.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
+    let Serve { args, node_id, pool: pool_path, driver_name, metrics_address } = serve;
     let socket = socket_path(&args.endpoint)?;
-    let pool_dir = args.pool.clone();
+    let pool_dir = pool_path.clone();
     let pool = tokio::task::spawn_blocking(move || {
         let pool = Pool::open(&pool_dir, PoolOptions::default())?;
         // Trust the kernel over the records after a crash or reboot.
@@ -161,11 +248,25 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         Ok::<_, loopvol_backend::Error>(pool)
     })
     .await?
-    .with_context(|| format!("opening pool {}", args.pool.display()))?;
-    let mut driver = driver::Driver::new(pool, args.driver_name, args.node_id, i64::from(args.max_volumes_per_node));
+    .with_context(|| format!("opening pool {}", pool_path.display()))?;
+    let mut driver = driver::Driver::new(pool, driver_name, node_id, i64::from(args.max_volumes_per_node));
     driver.advertise_get_snapshot = args.advertise_get_snapshot;
     driver.defer_expansion_to_node = args.defer_expansion_to_node;
     let driver = std::sync::Arc::new(driver);
+    // Metrics first: once the CSI socket exists, everything is up.
+    let metrics = match metrics_address {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics address {addr}"))?;
+            let local = listener.local_addr().unwrap_or(addr);
+            let metrics = std::sync::Arc::new(metrics::Metrics::new());
+            tokio::spawn(metrics::serve(listener, metrics.clone(), driver.pool.clone()));
+            tracing::info!(address = %local, "serving metrics at /metrics");
+            Some(metrics)
+        }
+    };
     let listener = bind(&socket)?;
     tracing::info!(
         socket = %socket.display(),
@@ -177,6 +278,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .layer(metrics::RpcLayer::new(metrics))
         .add_service(IdentityServer::new(identity::IdentityService(driver.clone())))
         .add_service(ControllerServer::new(controller::ControllerService(driver.clone())))
         .add_service(NodeServer::new(node::NodeService(driver.clone())))

@@ -1,0 +1,286 @@
+//! `loopvol-csi inspect ID`: one volume or snapshot, its record and what the
+//! kernel says about it right now.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::bail;
+use loopvol_backend::mountinfo::{self, MountEntry};
+use loopvol_backend::{Error, Pool, Snapshot, Volume};
+use serde::Serialize;
+
+use super::list::{source_ref, SourceRef};
+use super::{allocated, human, print_json, rfc3339, Output};
+
+#[derive(Debug, Serialize)]
+struct Image {
+    path: PathBuf,
+    exists: bool,
+    /// Apparent size of the file.
+    size_bytes: Option<u64>,
+    /// What the file really occupies on the pool's filesystem.
+    allocated_bytes: Option<u64>,
+}
+
+fn image(path: PathBuf) -> Image {
+    let meta = std::fs::metadata(&path).ok();
+    Image { exists: meta.is_some(), size_bytes: meta.map(|m| m.len()), allocated_bytes: allocated(&path), path }
+}
+
+#[derive(Debug, Serialize)]
+struct Staging {
+    path: PathBuf,
+    access_type: &'static str,
+    fs_type: &'static str,
+    read_only: bool,
+    mount_options: Vec<String>,
+    /// The kernel has it mounted (block: the loop device is attached).
+    live: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Target {
+    path: PathBuf,
+    read_only: bool,
+    live: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Condition {
+    abnormal: bool,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+struct VolumeReport {
+    kind: &'static str,
+    id: String,
+    name: String,
+    capacity_bytes: u64,
+    fs_type: &'static str,
+    access_type: &'static str,
+    thick: bool,
+    source: Option<SourceRef>,
+    created_at: u64,
+    parameters: BTreeMap<String, String>,
+    formatted: bool,
+    fs_grow_pending: bool,
+    attached_node: Option<String>,
+    image: Image,
+    loop_device: Option<PathBuf>,
+    /// Every mount of the volume: staging, publishes, and any other.
+    mounts: Vec<PathBuf>,
+    staging: Option<Staging>,
+    published: Vec<Target>,
+    condition: Condition,
+}
+
+#[derive(Debug, Serialize)]
+struct SnapshotReport {
+    kind: &'static str,
+    id: String,
+    name: String,
+    source_volume_id: String,
+    size_bytes: u64,
+    fs_type: &'static str,
+    access_type: &'static str,
+    group_id: Option<String>,
+    ready: bool,
+    created_at: u64,
+    image: Image,
+}
+
+pub fn run(pool: &Pool, id: &str, output: Output) -> anyhow::Result<ExitCode> {
+    match pool.volume(id) {
+        Ok(vol) => {
+            let report = volume_report(pool, vol)?;
+            match output {
+                Output::Json => print_json(&report)?,
+                Output::Table => print!("{}", render_volume(&report)),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(Error::VolumeNotFound(_) | Error::InvalidId { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match pool.snapshot(id) {
+        Ok(snap) => {
+            let report = snapshot_report(pool, snap);
+            match output {
+                Output::Json => print_json(&report)?,
+                Output::Table => print!("{}", render_snapshot(&report)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Error::SnapshotNotFound(_)) => bail!("no volume or snapshot {id:?} in {}", pool.root().display()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Mount points of the loop device: its filesystem (by device number, or by
+/// source: btrfs reports an anonymous device number) and bind mounts of its
+/// device node (block volumes). The same rule as the backend's live view.
+fn mounts_of(device: &Path, mounts: &[MountEntry]) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(device).map(|m| m.rdev()).unwrap_or(0);
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let node = format!("/{}", device.file_name().unwrap_or_default().to_string_lossy());
+    let source = device.to_string_lossy();
+    let mut out: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|e| {
+            (rdev != 0 && u64::from(e.major) == major && u64::from(e.minor) == minor)
+                || (e.source == source && e.fs_type != "devtmpfs")
+                || (e.fs_type == "devtmpfs" && e.root.as_os_str() == node.as_str())
+        })
+        .map(|e| e.mount_point.clone())
+        .collect();
+    out.dedup();
+    out
+}
+
+fn volume_report(pool: &Pool, vol: Volume) -> anyhow::Result<VolumeReport> {
+    let image_path = pool.volume_image_path(&vol.id);
+    let device = if image_path.exists() { loopvol_backend::loopdev::find(&image_path)? } else { None };
+    let mounts = match &device {
+        Some(dev) => mounts_of(&dev.path, &mountinfo::read()?),
+        None => Vec::new(),
+    };
+    let condition = pool.condition(&vol.id)?;
+    let staging = vol.staged.as_ref().map(|st| Staging {
+        live: match st.access_type {
+            loopvol_backend::AccessType::Mount => mounts.contains(&st.staging_path),
+            loopvol_backend::AccessType::Block => device.is_some(),
+        },
+        path: st.staging_path.clone(),
+        access_type: st.access_type.as_str(),
+        fs_type: st.fs_type.as_str(),
+        read_only: st.read_only,
+        mount_options: st.mount_options.clone(),
+    });
+    let published = vol
+        .published
+        .iter()
+        .map(|(target, p)| Target { path: target.clone(), read_only: p.read_only, live: mounts.contains(target) })
+        .collect();
+    Ok(VolumeReport {
+        kind: "volume",
+        source: source_ref(&vol.source),
+        image: image(image_path),
+        loop_device: device.map(|d| d.path),
+        mounts,
+        staging,
+        published,
+        condition: Condition { abnormal: condition.abnormal, message: condition.message },
+        id: vol.id,
+        name: vol.name,
+        capacity_bytes: vol.capacity_bytes,
+        fs_type: vol.fs_type.as_str(),
+        access_type: vol.access_type.as_str(),
+        thick: vol.thick,
+        created_at: vol.created_at,
+        parameters: vol.parameters,
+        formatted: vol.formatted,
+        fs_grow_pending: vol.fs_grow_pending,
+        attached_node: vol.attached_node,
+    })
+}
+
+fn snapshot_report(pool: &Pool, snap: Snapshot) -> SnapshotReport {
+    let path = pool.root().join("snapshots").join(format!("{}.img", snap.id));
+    SnapshotReport {
+        kind: "snapshot",
+        image: image(path),
+        id: snap.id,
+        name: snap.name,
+        source_volume_id: snap.source_volume_id,
+        size_bytes: snap.size_bytes,
+        fs_type: snap.fs_type.as_str(),
+        access_type: snap.access_type.as_str(),
+        group_id: snap.group_id,
+        ready: snap.ready,
+        created_at: snap.created_at,
+    }
+}
+
+fn kv(out: &mut String, key: &str, value: impl std::fmt::Display) {
+    out.push_str(&format!("{key:<16}{value}\n"));
+}
+
+fn image_line(img: &Image, capacity: u64) -> String {
+    match (img.size_bytes, img.allocated_bytes) {
+        (Some(size), Some(alloc)) => {
+            format!("{} ({}), {} allocated of {}", img.path.display(), human(size), human(alloc), human(capacity))
+        }
+        _ => format!("{} (missing)", img.path.display()),
+    }
+}
+
+fn render_volume(r: &VolumeReport) -> String {
+    let mut out = String::new();
+    kv(&mut out, "Volume:", &r.id);
+    kv(&mut out, "Name:", &r.name);
+    kv(&mut out, "Capacity:", format!("{} ({} bytes)", human(r.capacity_bytes), r.capacity_bytes));
+    kv(&mut out, "Filesystem:", format!("{} ({}{})", r.fs_type, r.access_type, if r.thick { ", thick" } else { "" }));
+    if let Some(s) = &r.source {
+        kv(&mut out, "Source:", format!("{} {}", s.kind, s.id));
+    }
+    kv(&mut out, "Created:", rfc3339(r.created_at));
+    for (k, v) in &r.parameters {
+        kv(&mut out, "Parameter:", format!("{k}={v}"));
+    }
+    if let Some(node) = &r.attached_node {
+        kv(&mut out, "Attached node:", node);
+    }
+    kv(&mut out, "Image:", image_line(&r.image, r.capacity_bytes));
+    kv(&mut out, "Loop device:", r.loop_device.as_ref().map_or("-".into(), |d| d.display().to_string()));
+    match &r.staging {
+        Some(s) => kv(
+            &mut out,
+            "Staged at:",
+            format!("{} ({}{}){}", s.path.display(), s.fs_type, if s.read_only { ", ro" } else { "" }, gone(s.live)),
+        ),
+        None => kv(&mut out, "Staged at:", "-"),
+    }
+    if r.published.is_empty() {
+        kv(&mut out, "Published at:", "-");
+    }
+    for t in &r.published {
+        kv(
+            &mut out,
+            "Published at:",
+            format!("{}{}{}", t.path.display(), if t.read_only { " (ro)" } else { "" }, gone(t.live)),
+        );
+    }
+    for m in &r.mounts {
+        kv(&mut out, "Mounted at:", m.display());
+    }
+    let health = if r.condition.abnormal { "ABNORMAL" } else { "healthy" };
+    kv(&mut out, "Condition:", format!("{health}: {}", r.condition.message));
+    out
+}
+
+fn gone(live: bool) -> &'static str {
+    if live {
+        ""
+    } else {
+        " [not in the kernel]"
+    }
+}
+
+fn render_snapshot(r: &SnapshotReport) -> String {
+    let mut out = String::new();
+    kv(&mut out, "Snapshot:", &r.id);
+    kv(&mut out, "Name:", &r.name);
+    kv(&mut out, "Source volume:", &r.source_volume_id);
+    kv(&mut out, "Size:", format!("{} ({} bytes)", human(r.size_bytes), r.size_bytes));
+    kv(&mut out, "Filesystem:", format!("{} ({})", r.fs_type, r.access_type));
+    if let Some(g) = &r.group_id {
+        kv(&mut out, "Group:", g);
+    }
+    kv(&mut out, "Ready:", if r.ready { "yes" } else { "no" });
+    kv(&mut out, "Created:", rfc3339(r.created_at));
+    kv(&mut out, "Image:", image_line(&r.image, r.size_bytes));
+    out
+}
