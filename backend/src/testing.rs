@@ -73,3 +73,22 @@ pub fn cleanup_under(root: &std::path::Path) {
 pub fn loop_devices() -> Vec<(crate::loopdev::LoopDevice, std::path::PathBuf)> {
     crate::loopdev::backing_files()
 }
+
+/// Loop devices backed by files below `root`.
+pub fn loops_under(root: &std::path::Path) -> usize {
+    loop_devices().iter().filter(|(_, backing)| backing.starts_with(root)).count()
+}
+
+/// The number of loop devices backed below `root` once it reaches `want`, or
+/// after 20 s. A device released by autoclear lingers while udev still has it
+/// open, so counts are polled rather than read once: a liveness bound, not a
+/// timing assertion.
+pub fn loops_settle(root: &std::path::Path, want: usize) -> usize {
+    for _ in 0..400 {
+        if loops_under(root) == want {
+            return want;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    loops_under(root)
+}

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use loopvol_backend::testing::{loop_devices, privileged, Sandbox};
+use loopvol_backend::testing::{loops_settle, privileged, Sandbox};
 use loopvol_backend::{
     mountinfo, AccessType, CapacityRange, CreateVolume, Error, FsType, Pool, PoolOptions, PublishRequest, Source,
     StageRequest,
@@ -83,10 +83,6 @@ fn mounts_at(path: &Path) -> usize {
     mountinfo::read().unwrap().iter().filter(|m| m.mount_point == path).count()
 }
 
-fn loops_under(root: &Path) -> usize {
-    loop_devices().iter().filter(|(_, backing)| backing.starts_with(root)).count()
-}
-
 fn write_file(path: &Path, data: &[u8]) {
     let mut f = fs::File::create(path).unwrap();
     f.write_all(data).unwrap();
@@ -112,7 +108,7 @@ fn lifecycle(fs_type: FsType) {
     env.pool.unstage(&id, &staging, false).unwrap();
     env.pool.unstage(&id, &staging, false).unwrap();
     assert_eq!(mounts_at(&staging), 0);
-    assert_eq!(loops_under(&env.sandbox.path()), 0, "the loop device is released");
+    assert_eq!(loops_settle(&env.sandbox.path(), 0), 0, "the loop device is released");
 
     let staging = env.stage(&id, false);
     let target = env.publish(&id, &staging, "pod2/mount", false);
@@ -239,7 +235,7 @@ fn read_only_staging_never_formats() {
     let err = env.pool.stage(&id, &stage_req(&staging, AccessType::Mount, true)).unwrap_err();
     assert!(matches!(err, Error::RefuseFormat { .. }), "{err}");
     assert_eq!(mounts_at(&staging), 0);
-    assert_eq!(loops_under(&env.sandbox.path()), 0, "no loop device leaks from a refused stage");
+    assert_eq!(loops_settle(&env.sandbox.path(), 0), 0, "no loop device leaks from a refused stage");
 
     // Formatted once read-write, it can then be staged read-only.
     let staging = env.stage(&id, false);
@@ -286,7 +282,7 @@ fn never_formats_over_existing_data() {
     let staging = env.dir("s");
     let err = env.pool.stage(&id, &stage_req(&staging, AccessType::Mount, false)).unwrap_err();
     assert!(matches!(err, Error::RefuseFormat { .. }), "{err}");
-    assert_eq!(loops_under(&env.sandbox.path()), 0);
+    assert_eq!(loops_settle(&env.sandbox.path(), 0), 0);
 }
 
 #[test]
@@ -312,7 +308,7 @@ fn wrong_target_kinds_are_refused_without_leaks() {
     assert!(matches!(err, Error::NotStaged { .. }), "{err}");
     assert!(matches!(env.pool.stats(&id, &env.dir("t")), Err(Error::NotAtPath { .. })));
     env.pool.unstage(&id, &staging, false).unwrap();
-    assert_eq!(loops_under(&env.sandbox.path()), 0);
+    assert_eq!(loops_settle(&env.sandbox.path(), 0), 0);
 }
 
 #[test]
@@ -345,7 +341,7 @@ fn block_volumes_publish_the_device() {
     assert!(!target.exists());
     env.pool.unstage(&id, &staging, false).unwrap();
     env.pool.unstage(&id, &staging, false).unwrap();
-    assert_eq!(loops_under(&env.sandbox.path()), 0, "block unstage detaches the device");
+    assert_eq!(loops_settle(&env.sandbox.path(), 0), 0, "block unstage detaches the device");
     let image = fs::read(env.pool.volume_image_path(&id)).unwrap();
     assert_eq!(&image[1 << 20..(1 << 20) + 15], b"raw block bytes");
     // A block volume cannot be staged as a filesystem.
@@ -397,7 +393,7 @@ fn expansion(fs_type: FsType) {
     assert!(statfs_total(&staging) > after + 700 * MIB);
     assert_eq!(fs::read(staging.join("keep")).unwrap(), b"kept");
     env.pool.unstage(&id, &staging, false).unwrap();
-    assert_eq!(loops_under(&env.sandbox.path()), 0);
+    assert_eq!(loops_settle(&env.sandbox.path(), 0), 0);
 }
 
 #[test]
@@ -467,7 +463,7 @@ fn snapshots_and_clones(fs_type: FsType) {
     env.pool.delete_snapshot(&snap.id).unwrap();
     env.pool.delete_snapshot(&snap.id).unwrap();
     assert!(matches!(env.pool.snapshot(&snap.id), Err(Error::SnapshotNotFound(_))));
-    assert_eq!(loops_under(&env.sandbox.path()), 0);
+    assert_eq!(loops_settle(&env.sandbox.path(), 0), 0);
 }
 
 #[test]
@@ -546,14 +542,14 @@ fn many_concurrent_stages_of_different_volumes() {
     for id in &ids {
         assert_eq!(mounts_at(&env.dir(&format!("staging-{id}"))), 1, "{id} staged once");
     }
-    assert_eq!(loops_under(&env.sandbox.path()), 32);
+    assert_eq!(loops_settle(&env.sandbox.path(), 32), 32);
     std::thread::scope(|s| {
         for id in &ids {
             let env = &env;
             s.spawn(move || env.pool.unstage(id, &env.dir(&format!("staging-{id}")), false).unwrap());
         }
     });
-    assert_eq!(loops_under(&env.sandbox.path()), 0);
+    assert_eq!(loops_settle(&env.sandbox.path(), 0), 0);
 }
 
 /// Helper process for the cross-process tests: does what the environment says.
@@ -610,9 +606,9 @@ fn processes_racing_stage_and_unstage_end_with_one_mount() {
         assert!(c.wait().unwrap().success());
     }
     assert_eq!(mounts_at(&staging), 1, "exactly one staging mount");
-    assert_eq!(loops_under(&env.sandbox.path()), 1, "exactly one loop device");
+    assert_eq!(loops_settle(&env.sandbox.path(), 1), 1, "exactly one loop device");
     env.pool.unstage(&id, &staging, false).unwrap();
-    assert_eq!(loops_under(&env.sandbox.path()), 0);
+    assert_eq!(loops_settle(&env.sandbox.path(), 0), 0);
 }
 
 #[test]
@@ -650,7 +646,7 @@ fn killed_process_leaves_a_catalog_that_reconciles() {
         pool.unpublish(&id, &target).unwrap();
         pool.unstage(&id, &staging, false).unwrap();
         pool.delete_volume(&id).unwrap();
-        assert_eq!(loops_under(&env.sandbox.path()), 0, "after step {kill_after}");
+        assert_eq!(loops_settle(&env.sandbox.path(), 0), 0, "after step {kill_after}");
     }
 }
 
@@ -704,5 +700,5 @@ fn lost_records_are_adopted_from_the_kernel() {
     assert!(env.pool.volume(&id).unwrap().published.contains_key(&target));
     env.pool.unpublish(&id, &target).unwrap();
     env.pool.unstage(&id, &staging, false).unwrap();
-    assert_eq!(loops_under(&env.sandbox.path()), 0);
+    assert_eq!(loops_settle(&env.sandbox.path(), 0), 0);
 }
