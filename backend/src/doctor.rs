@@ -127,21 +127,7 @@ impl Pool {
             for name in list(&d)? {
                 let path = d.join(&name);
                 if name.starts_with('.') && name.ends_with(".tmp") {
-                    let owner = temp_owner(&name);
-                    let kind = if dir == "volumes" { "vol" } else { "snap" };
-                    let free = lock::acquire(&self.root.join("locks"), &format!("{kind}.{owner}"), Duration::ZERO).ok();
-                    let mut f = Finding {
-                        kind: FindingKind::TempFile,
-                        path: path.clone(),
-                        detail: "left by a write that did not finish".into(),
-                        remedy: "remove it when no process holds its lock",
-                        repaired: false,
-                    };
-                    if repair && free.is_some() {
-                        f.repaired = fs::remove_file(&path).is_ok();
-                    }
-                    findings.push(f);
-                    continue;
+                    continue; // temp files: below
                 }
                 let Some(id) = name.strip_suffix(".img") else { continue };
                 let has_record = self.root.join(dir).join(format!("{id}.json")).exists();
@@ -161,6 +147,23 @@ impl Pool {
                 }
                 findings.push(f);
             }
+        }
+
+        // Temp files whose writer is gone (their object's lock is free).
+        let abandoned = self.abandoned_temp_files()?;
+        for (path, guard) in abandoned {
+            let mut f = Finding {
+                kind: FindingKind::TempFile,
+                path,
+                detail: "left by a write that did not finish".into(),
+                remedy: "remove it",
+                repaired: false,
+            };
+            if repair {
+                f.repaired = fs::remove_file(&f.path).is_ok();
+            }
+            drop(guard);
+            findings.push(f);
         }
 
         // Loop devices of pool images: used by a mount or a block staging?
@@ -221,6 +224,28 @@ impl Pool {
         let dest = dir.join(format!("{}.{}", name.to_string_lossy(), crate::pool::now()));
         fs::rename(path, &dest).map_err(|e| Error::io("rename", &dest, e))?;
         record::sync_dir(&dir)
+    }
+}
+
+impl Pool {
+    /// Temp files (`.<id>.img.tmp`, `.<id>.json.<pid>.tmp`) in the pool whose
+    /// object's lock is free, so no writer is at work on them; each comes with
+    /// that lock, held while the caller deals with the file.
+    pub(crate) fn abandoned_temp_files(&self) -> Result<Vec<(PathBuf, lock::Guard)>> {
+        let mut out = Vec::new();
+        for (dir, kind) in [("volumes", "vol"), ("snapshots", "snap"), ("groups", "group")] {
+            let dir = self.root.join(dir);
+            for name in list(&dir)? {
+                if !(name.starts_with('.') && name.ends_with(".tmp")) {
+                    continue;
+                }
+                let owner = temp_owner(&name);
+                if let Ok(guard) = lock::acquire(&self.root.join("locks"), &format!("{kind}.{owner}"), Duration::ZERO) {
+                    out.push((dir.join(&name), guard));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -150,8 +150,8 @@ impl Pool {
         Ok(live)
     }
 
-    /// Reconciles every volume and removes half-built images of creates that
-    /// died (the CSI server calls this at start-up).
+    /// Reconciles every volume and removes half-built images and records of
+    /// writes that died (the CSI server calls this at start-up).
     pub fn reconcile_all(&self) -> Result<()> {
         for vol in self.volumes()? {
             let _guard = match self.lock_volume(&vol.id) {
@@ -163,19 +163,9 @@ impl Pool {
                 self.reconcile(&mut vol)?;
             }
         }
-        for dir in ["volumes", "snapshots"] {
-            let dir = self.root.join(dir);
-            let entries = fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
-            for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
-                let Some(id) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".img.tmp")) else { continue };
-                let kind = if dir.ends_with("volumes") { "vol" } else { "snap" };
-                if let Ok(_guard) =
-                    crate::lock::acquire(&self.root.join("locks"), &format!("{kind}.{id}"), std::time::Duration::ZERO)
-                {
-                    tracing::warn!(file = %name, "removing a half-built image");
-                    let _ = fs::remove_file(dir.join(&name));
-                }
-            }
+        for (path, _guard) in self.abandoned_temp_files()? {
+            tracing::warn!(file = %path.display(), "removing a temp file left by a write that died");
+            let _ = fs::remove_file(&path);
         }
         Ok(())
     }

@@ -702,3 +702,23 @@ fn lost_records_are_adopted_from_the_kernel() {
     env.pool.unstage(&id, &staging, false).unwrap();
     assert_eq!(loops_settle(&env.sandbox.path(), 0), 0);
 }
+
+#[test]
+fn reconcile_removes_temp_files_of_dead_writers_only() {
+    let env = Env::new();
+    let vols = env.sandbox.path().join("pool/volumes");
+    let dead = [vols.join(".a.img.tmp"), vols.join(".vol.1.json.4242.tmp")];
+    for p in &dead {
+        fs::write(p, b"partial").unwrap();
+    }
+    // A writer at work holds its volume's lock; its temp file stays.
+    let busy = vols.join(".busy.img.tmp");
+    fs::write(&busy, b"in progress").unwrap();
+    let _writer =
+        loopvol_backend::lock::acquire(&env.sandbox.path().join("pool/locks"), "vol.busy", Duration::ZERO).unwrap();
+    env.pool.reconcile_all().unwrap();
+    for p in &dead {
+        assert!(!p.exists(), "{} removed", p.display());
+    }
+    assert!(busy.exists(), "a live writer's temp file is kept");
+}
