@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# loopvol benchmarks, one command (root: loop devices and mounts):
+#
+#   tests/bench/run.sh            # the full run recorded in docs/BENCHMARKS.md
+#   QUICK=1 tests/bench/run.sh    # smoke run with small counts (results to a temp dir)
+#
+# Builds the release binaries (stripped: `strip = true` in the release
+# profile), starts loopvol-csi on a temporary pool and socket, runs every
+# benchmark with csi-bench, writes the results as docs/bench/*.json and
+# regenerates docs/bench/latency.svg and the tables in docs/BENCHMARKS.md.
+# Leaves no mount or loop device behind, also when interrupted (Ctrl-C: the
+# running benchmark undoes what it has in flight, then this script cleans up).
+#
+# Environment: OUT (result dir, default docs/bench), QUICK=1, BUILD=0 (reuse
+# the binaries in target/release, e.g. while the work tree does not build), QUIET_WAIT
+# (seconds to wait for other work on the machine to calm down before each
+# benchmark, default 120; 0 disables), BENCH_FLAGS (extra csi-bench flags).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "run.sh needs root (loop devices, mount(2))" >&2
+  exit 1
+fi
+QUICK=${QUICK:-0}
+QUIET_WAIT=${QUIET_WAIT:-120}
+if [ "$QUICK" = 1 ]; then
+  OUT=${OUT:-$(mktemp -d /tmp/loopvol-bench-out.XXXXXX)}
+  N_MOUNT=20 N_BLOCK=30 N_C16=64 N_SCALE=100 STORM_ROUNDS=2 FLEX_RUNS=21
+else
+  OUT=${OUT:-docs/bench}
+  N_MOUNT=200 N_BLOCK=300 N_C16=1000 N_SCALE=1000 STORM_ROUNDS=10 FLEX_RUNS=201
+fi
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+if [ "${BUILD:-1}" != 0 ]; then
+  echo "== building release binaries"
+  cargo build --release --locked -p loopvol-csi -p loopvol-flexvolume -p loopvol-tests --bins
+fi
+REL=$ROOT/target/release
+CSI=$REL/loopvol-csi FLEX=$REL/loopvol BENCH=$REL/csi-bench
+{
+  for b in "$CSI" "$FLEX" "$BENCH"; do
+    printf '%s %s bytes, %s\n' "$(basename "$b")" "$(stat -c %s "$b")" \
+      "$(file -b "$b" 2>/dev/null | grep -o 'not stripped\|stripped' || echo '?')"
+  done
+} >"$OUT/binaries.txt"
+cat "$OUT/binaries.txt"
+
+TMP=$(mktemp -d /tmp/loopvol-bench.XXXXXX)
+TMP=$(cd "$TMP" && pwd -P)
+SOCK=$TMP/csi.sock POOL=$TMP/pool WORK=$TMP/work PIDFILE=$TMP/driver.pid
+mkdir -p "$WORK"
+
+start_driver() {
+  # setsid: a Ctrl-C on the terminal must reach csi-bench (which then undoes
+  # its work through the driver), not the driver itself.
+  setsid "$CSI" --endpoint "unix://$SOCK" --pool "$POOL" --node-id bench-node \
+    >>"$TMP/driver.log" 2>&1 </dev/null &
+  echo $! >"$PIDFILE"
+}
+
+# Stops the driver whose PID is in $PIDFILE and waits until it is gone (a
+# zombie counts as gone: it may be this script's unreaped child).
+stop_driver() {
+  local pid
+  pid=$(cat "$PIDFILE" 2>/dev/null) || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  while [ -e "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do sleep 0.005; done
+}
+
+cleanup() {
+  set +e
+  stop_driver
+  # Safety net: anything a crashed benchmark left behind.
+  grep -o " $TMP[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
+  for f in /sys/block/loop*/loop/backing_file; do
+    [ -e "$f" ] || continue
+    case "$(cat "$f")" in "$POOL"/*)
+      dev=/dev/$(basename "$(dirname "$(dirname "$f")")")
+      echo "detaching leaked $dev" >&2
+      losetup -d "$dev"
+      ;;
+    esac
+  done
+  if grep -q " $TMP" /proc/self/mountinfo; then
+    echo "still mounted below $TMP; left in place" >&2
+  else
+    rm -rf "$TMP"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The restart command of the scale benchmark: stop, start again in the background.
+cat >"$TMP/restart.sh" <<EOF
+#!/bin/sh
+pid=\$(cat "$PIDFILE")
+kill -TERM "\$pid"
+while [ -e "/proc/\$pid" ] && ! grep -q '^State:.*Z' "/proc/\$pid/status" 2>/dev/null; do sleep 0.005; done
+setsid "$CSI" --endpoint "unix://$SOCK" --pool "$POOL" --node-id bench-node >>"$TMP/driver.log" 2>&1 </dev/null &
+echo \$! >"$PIDFILE"
+EOF
+chmod +x "$TMP/restart.sh"
+
+# Other engineers' builds share these two cores and the disk; wait (up to
+# QUIET_WAIT s) until the CPU and I/O pressure of the last 10 s are low.
+wait_quiet() {
+  [ "$QUIET_WAIT" -gt 0 ] || return 0
+  local waited=0 cpu io
+  while [ "$waited" -lt "$QUIET_WAIT" ]; do
+    cpu=$(awk '/^some/ {sub("avg10=", "", $2); print int($2)}' /proc/pressure/cpu 2>/dev/null || echo 0)
+    io=$(awk '/^some/ {sub("avg10=", "", $2); print int($2)}' /proc/pressure/io 2>/dev/null || echo 0)
+    if [ "$cpu" -lt 10 ] && [ "$io" -lt 5 ]; then return 0; fi
+    sleep 2
+    waited=$((waited + 2))
+  done
+  echo "   (machine still busy after ${QUIET_WAIT}s: cpu pressure ${cpu}%, io ${io}%; measuring anyway)"
+}
+
+bench() {
+  local name=$1
+  shift
+  wait_quiet
+  echo "== $name"
+  # shellcheck disable=SC2086
+  "$BENCH" --endpoint "unix://$SOCK" --driver-pid-file "$PIDFILE" --pool "$POOL" --work-dir "$WORK" \
+    --json "$OUT/$name.json" ${BENCH_FLAGS:-} "$@"
+}
+
+echo "== starting loopvol-csi (pool $POOL)"
+start_driver
+for _ in $(seq 500); do [ -S "$SOCK" ] && break; sleep 0.01; done
+sleep 1
+
+status=0
+bench idle probe || status=1
+bench lifecycle-mount lifecycle --count "$N_MOUNT" --concurrency 1 --access mount --size 10Gi --fs-type ext4 || status=1
+bench lifecycle-block lifecycle --count "$N_BLOCK" --concurrency 1 --access block --size 1Gi || status=1
+# 1 GiB volumes: 16 x 10 GiB would not fit the pool's space accounting on a small disk.
+bench lifecycle-mount-c16 lifecycle --count "$N_C16" --concurrency 16 --access mount --size 1Gi --fs-type ext4 || status=1
+bench lifecycle-block-c16 lifecycle --count "$N_C16" --concurrency 16 --access block --size 1Gi || status=1
+bench publish-storm publish-storm --volumes 64 --rounds "$STORM_ROUNDS" --concurrency 16 --size 64Mi || status=1
+bench scale scale --volumes "$N_SCALE" --concurrency 16 --page-size 100 --access block --size 16Mi \
+  --restart-cmd "$TMP/restart.sh" || status=1
+wait_quiet
+echo "== flex"
+"$BENCH" --work-dir "$WORK" --json "$OUT/flex.json" flex --exe "$FLEX" --runs "$FLEX_RUNS" || status=1
+
+echo "== leaks"
+if grep " $TMP" /proc/self/mountinfo; then echo "mounts left below $TMP" >&2; status=1; fi
+for f in /sys/block/loop*/loop/backing_file; do
+  [ -e "$f" ] && case "$(cat "$f")" in "$POOL"/* | "$WORK"/*) echo "loop device left: $f" >&2; status=1 ;; esac
+done
+echo "none"
+
+echo "== report"
+if [ "$OUT" = "$ROOT/docs/bench" ]; then
+  "$BENCH" report --dir "$OUT" --doc docs/BENCHMARKS.md --svg "$OUT/latency.svg"
+else
+  cp docs/BENCHMARKS.md "$OUT/BENCHMARKS.md"
+  "$BENCH" report --dir "$OUT" --doc "$OUT/BENCHMARKS.md" --svg "$OUT/latency.svg"
+  echo "results in $OUT (docs/ untouched)"
+fi
+exit $status
