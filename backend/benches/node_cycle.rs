@@ -31,6 +31,7 @@ fn main() {
         staging_path: staging.clone(),
         target_path: target.clone(),
         access_type: AccessType::Mount,
+        fs_type: None,
         read_only: false,
         mount_options: vec![],
         exclusive: false,

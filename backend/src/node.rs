@@ -31,6 +31,8 @@ pub struct PublishRequest {
     pub staging_path: PathBuf,
     pub target_path: PathBuf,
     pub access_type: AccessType,
+    /// None: whatever the volume holds; else it must match.
+    pub fs_type: Option<FsType>,
     pub read_only: bool,
     pub mount_options: Vec<String>,
     /// Single-writer access modes: refuse a second live target (VolumeInUse).
@@ -181,12 +183,8 @@ impl Pool {
         let _guard = self.lock_volume(id)?;
         let mut vol = self.volume(id)?;
         check_access(&vol, req.access_type)?;
+        check_fs(&vol, req.access_type, req.fs_type)?;
         let fs_type = vol.fs_type;
-        if let (Some(want), AccessType::Mount) = (req.fs_type, req.access_type) {
-            if want != fs_type {
-                return Err(Error::InvalidArgument(format!("volume {id} has a {fs_type} filesystem, not {want}")));
-            }
-        }
         let opts = match req.access_type {
             AccessType::Mount => MountOptions::parse(&req.mount_options, Some(fs_type))?,
             AccessType::Block => MountOptions::default(),
@@ -376,6 +374,7 @@ impl Pool {
         let _guard = self.lock_volume(id)?;
         let mut vol = self.volume(id)?;
         check_access(&vol, req.access_type)?;
+        check_fs(&vol, req.access_type, req.fs_type)?;
         let opts = match req.access_type {
             AccessType::Mount => MountOptions::parse(&req.mount_options, Some(vol.fs_type))?,
             AccessType::Block => MountOptions::parse(&req.mount_options, None)?,
@@ -605,6 +604,16 @@ fn check_access(vol: &Volume, wanted: AccessType) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A mount request naming a filesystem must name the volume's.
+fn check_fs(vol: &Volume, access: AccessType, wanted: Option<FsType>) -> Result<()> {
+    match wanted {
+        Some(want) if access == AccessType::Mount && want != vol.fs_type => {
+            Err(Error::InvalidArgument(format!("volume {} has a {} filesystem, not {want}", vol.id, vol.fs_type)))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Requires an absolute path without `..` and returns it in the normal form

@@ -50,6 +50,7 @@ fn publish_req(staging: &Path, target: &Path, access_type: AccessType) -> Publis
         staging_path: staging.into(),
         target_path: target.into(),
         access_type,
+        fs_type: None,
         read_only: false,
         mount_options: vec![],
         exclusive: false,

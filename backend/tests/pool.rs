@@ -73,6 +73,7 @@ fn publish_req(staging: &Path, target: &Path, access_type: AccessType, read_only
         staging_path: staging.into(),
         target_path: target.into(),
         access_type,
+        fs_type: None,
         read_only,
         mount_options: vec![],
         exclusive: false,
@@ -302,6 +303,11 @@ fn wrong_target_kinds_are_refused_without_leaks() {
     let err = env.pool.publish(&id, &publish_req(&staging, &link, AccessType::Mount, false)).unwrap_err();
     assert!(matches!(err, Error::TargetKind { .. }), "{err}");
     assert_eq!(mounts_at(&file_target) + mounts_at(&link) + mounts_at(Path::new("/etc")), 0);
+    // A capability naming another filesystem than the volume's.
+    let mut xfs = publish_req(&staging, &env.dir("xfs-target"), AccessType::Mount, false);
+    xfs.fs_type = Some(FsType::Xfs);
+    assert!(matches!(env.pool.publish(&id, &xfs), Err(Error::InvalidArgument(_))));
+    assert!(!env.dir("xfs-target").exists());
     // Publishing from a path that is not the staging path.
     let err =
         env.pool.publish(&id, &publish_req(&env.dir("nope"), &env.dir("t"), AccessType::Mount, false)).unwrap_err();

@@ -164,6 +164,7 @@ impl Node for NodeService {
             staging_path: PathBuf::new(),
             target_path: target,
             access_type: wanted.access_type,
+            fs_type: wanted.fs_type,
             read_only: req.readonly || wanted.read_only_mode(),
             mount_options: wanted.mount_flags.clone(),
             exclusive: wanted.exclusive(),

@@ -52,6 +52,7 @@ pub fn run(ctx: &Ctx, target: &Path, json: &str) -> FlexResult<Reply> {
         staging_path: staging_path.clone(),
         target_path: target.to_path_buf(),
         access_type: AccessType::Mount,
+        fs_type: None,
         read_only: opts.read_only,
         mount_options: Vec::new(),
         // RWO means one node, not one pod: several pods on this node may share it.

@@ -443,6 +443,7 @@ fn publish_req(staging: &Path, target: &Path) -> PublishRequest {
         staging_path: staging.into(),
         target_path: target.into(),
         access_type: AccessType::Mount,
+        fs_type: None,
         read_only: false,
         mount_options: vec![],
         exclusive: false,
