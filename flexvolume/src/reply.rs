@@ -114,7 +114,9 @@ impl FlexError {
             FlexError::Usage(_) => "usage",
             FlexError::Option { .. } => "option",
             FlexError::Config { .. } => "config",
-            FlexError::Backend(e) => backend_class(e),
+            // The backend's message names the step; its gRPC-style class
+            // is the CSI driver's business (csi-driver/src/status.rs).
+            FlexError::Backend(_) => "backend",
         }
     }
 }
@@ -170,39 +172,6 @@ pub fn backend_failure(err: &Error) -> Reply {
         Error::NoLoopDevice(_) => text,
     };
     Reply::failure(message)
-}
-
-/// Log class of a backend error (same grouping as the CSI status codes).
-fn backend_class(err: &Error) -> &'static str {
-    match err {
-        Error::InvalidId { .. }
-        | Error::InvalidName { .. }
-        | Error::UnsupportedFsType(_)
-        | Error::MountOptionNotAllowed { .. }
-        | Error::InvalidPath { .. }
-        | Error::InvalidArgument(_) => "invalid argument",
-        Error::VolumeNotFound(_) | Error::SnapshotNotFound(_) | Error::NotAtPath { .. } => "not found",
-        Error::VolumeNameConflict { .. } | Error::SnapshotNameConflict { .. } | Error::IncompatibleAtPath { .. } => {
-            "already exists"
-        }
-        Error::VolumeInUse { .. }
-        | Error::StagedElsewhere { .. }
-        | Error::NotStaged { .. }
-        | Error::AttachedElsewhere { .. }
-        | Error::WrongAccessType { .. }
-        | Error::RefuseFormat { .. }
-        | Error::FsckFailed { .. }
-        | Error::OnlineGrowRefused { .. }
-        | Error::TargetKind { .. } => "failed precondition",
-        Error::SizeOutOfRange { .. } => "out of range",
-        Error::Exhausted { .. } => "resource exhausted",
-        Error::Busy(_) => "aborted",
-        Error::Io { .. }
-        | Error::Sys { .. }
-        | Error::Tool { .. }
-        | Error::CorruptRecord { .. }
-        | Error::NoLoopDevice(_) => "internal",
-    }
 }
 
 #[cfg(test)]
