@@ -52,7 +52,9 @@ pub fn acquire(dir: &Path, name: &str, wait: Duration) -> Result<Guard> {
             return Err(Error::Busy(name.to_string()));
         }
         sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
+        // Short pauses: the locks guard steps of milliseconds, and a waiter
+        // should not sleep long after the holder is done.
+        pause = (pause * 2).min(Duration::from_millis(8));
     }
 }
 

@@ -147,7 +147,7 @@ impl Pool {
         vol.published.retain(|target, _| live.mount_points.contains(target));
         changed |= vol.published.len() != before;
         if changed {
-            self.write_volume(vol)?;
+            self.write_node_state(vol)?;
         }
         Ok(live)
     }
@@ -405,7 +405,7 @@ impl Pool {
                         return Err(Error::IncompatibleAtPath { id: id.into(), what: "published", path: target });
                     }
                     vol.published.insert(target, wanted);
-                    self.write_volume(&vol)
+                    self.write_node_state(&vol)
                 }
             };
         }
@@ -428,7 +428,7 @@ impl Pool {
         }
         crate::failpoint::hit("publish.before-record");
         vol.published.insert(target.clone(), wanted);
-        if let Err(e) = self.write_volume(&vol) {
+        if let Err(e) = self.write_node_state(&vol) {
             let _ = mount::cleanup(&target);
             return Err(e);
         }
@@ -443,7 +443,7 @@ impl Pool {
         let mut vol = self.volume(id)?;
         mount::cleanup(&target)?;
         if vol.published.remove(&target).is_some() {
-            self.write_volume(&vol)?;
+            self.write_node_state(&vol)?;
         }
         tracing::info!(volume = %id, target = %target.display(), "volume unpublished");
         Ok(())

@@ -266,6 +266,14 @@ impl Pool {
         record::write(&self.volume_record_path(&vol.id), vol)
     }
 
+    /// Writes a record whose change is only node state the kernel backs
+    /// (published targets): atomic, but without the directory fsync. After a
+    /// power loss the mounts are gone too, and a record that lost an update
+    /// is reconciled or adopted from the kernel on its next use.
+    pub(crate) fn write_node_state(&self, vol: &Volume) -> Result<()> {
+        record::write_with(&self.volume_record_path(&vol.id), vol, record::Durability::Atomic)
+    }
+
     /// VolumeNotFound when missing.
     pub fn volume(&self, id: &str) -> Result<Volume> {
         id::validate(id)?;
@@ -318,10 +326,20 @@ impl Pool {
         let frsize = st.fragment_size();
         let total = st.blocks().saturating_mul(frsize);
         let free = st.blocks_available().saturating_mul(frsize);
+        // Every image is as long as its volume's capacity, so its reservation
+        // is its length minus what is already allocated: a stat per image,
+        // no record to parse (create runs this under the allocation lock).
+        let dir = self.root.join("volumes");
         let mut reserved = 0u64;
-        for vol in self.volumes()? {
-            reserved =
-                reserved.saturating_add(vol.capacity_bytes.saturating_sub(allocated(&self.volume_image_path(&vol.id))));
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || !name.ends_with(".img") {
+                continue;
+            }
+            if let Ok(m) = entry.metadata() {
+                reserved = reserved.saturating_add(m.len().saturating_sub(m.blocks() * 512));
+            }
         }
         let available = free.saturating_sub(reserved);
         Ok(Capacity {

@@ -12,14 +12,34 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+/// How far a record write goes before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The new record survives a power loss (the directory is fsynced after
+    /// the rename).
+    Durable,
+    /// Readers and a crash see the old record or the new one, whole (the file
+    /// is fsynced before the rename), but a power loss may bring the old one
+    /// back. For state the kernel can tell again after a reboot anyway.
+    Atomic,
+}
+
 /// Writes `value` to `path` atomically and durably.
 pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_with(path, value, Durability::Durable)
+}
+
+pub fn write_with<T: Serialize>(path: &Path, value: &T, durability: Durability) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| Error::CorruptRecord { path: path.into(), reason: e.to_string() })?;
-    write_bytes(path, &bytes)
+    write_bytes_with(path, &bytes, durability)
 }
 
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_bytes_with(path, bytes, Durability::Durable)
+}
+
+fn write_bytes_with(path: &Path, bytes: &[u8], durability: Durability) -> Result<()> {
     let dir = parent(path)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // Dot-prefixed and pid-tagged: never mistaken for a record, never shared
@@ -36,7 +56,10 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
         file.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
         file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
-        sync_dir(dir)
+        match durability {
+            Durability::Durable => sync_dir(dir),
+            Durability::Atomic => Ok(()),
+        }
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

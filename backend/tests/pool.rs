@@ -639,12 +639,14 @@ fn killed_process_leaves_a_catalog_that_reconciles() {
         c.kill().unwrap();
         c.wait().unwrap();
 
-        // A fresh open reconciles; the record then agrees with the kernel.
+        // A fresh open reconciles: the record then claims nothing the kernel
+        // lacks. (The kernel may have a mount the record missed, when the
+        // kill fell between mount and record write: the retry adopts it.)
         let pool = Pool::open(env.pool.root(), PoolOptions::default()).unwrap();
         pool.reconcile_all().unwrap();
         let vol = pool.volume(&id).unwrap();
-        assert_eq!(vol.staged.is_some(), mounts_at(&staging) == 1, "after step {kill_after}");
-        assert_eq!(vol.published.contains_key(&target), mounts_at(&target) == 1);
+        assert!(vol.staged.is_none() || mounts_at(&staging) == 1, "after step {kill_after}");
+        assert!(!vol.published.contains_key(&target) || mounts_at(&target) == 1, "after step {kill_after}");
         // Drive to the state kubelet wants, then tear down: nothing leaks.
         pool.stage(&id, &stage_req(&staging, AccessType::Mount, false)).unwrap();
         pool.publish(&id, &publish_req(&staging, &target, AccessType::Mount, false)).unwrap();
