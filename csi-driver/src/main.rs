@@ -226,7 +226,9 @@ fn run_server(serve: Serve) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(16)
-        .thread_keep_alive(Duration::from_secs(10))
+        // Idle blocking threads (and their malloc arenas) go soon after a
+        // burst, so RSS comes back down.
+        .thread_keep_alive(Duration::from_secs(2))
         .build()
         .context("building the tokio runtime")?;
     let result = runtime.block_on(serve_csi(serve));
