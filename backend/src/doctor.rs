@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::types::AccessType;
-use crate::{lock, loopdev, mountinfo, record};
+use crate::{lock, loopdev, record};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FindingKind {
@@ -64,7 +64,8 @@ impl Pool {
     pub fn doctor(&self, repair: bool) -> Result<Vec<Finding>> {
         let mut findings = Vec::new();
         let volumes_dir = self.root.join("volumes");
-        let mounts = mountinfo::read()?;
+        let view = crate::node::KernelView::read()?;
+        let mounts = &view.mounts;
 
         // Records: parse each, note the IDs, check images and node state.
         let mut ids = BTreeSet::new();
@@ -94,7 +95,7 @@ impl Pool {
                             repaired: false,
                         });
                     }
-                    let live = self.live(&vol, &mounts)?;
+                    let live = self.live(&vol, &view)?;
                     let stale_stage = vol.staged.is_some() && !live.staged;
                     let stale_targets = vol.published.keys().filter(|t| !live.mount_points.contains(t)).count();
                     if stale_stage || stale_targets > 0 {

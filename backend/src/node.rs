@@ -70,6 +70,30 @@ pub struct VolumeStats {
     pub condition: Condition,
 }
 
+/// One reading of the kernel's mount table and bound loop devices, shared by
+/// every volume an operation looks at (each reading costs a mountinfo parse
+/// and an ioctl per loop device).
+pub(crate) struct KernelView {
+    pub mounts: Vec<MountEntry>,
+    /// Bound loop devices with their backing files' (st_dev, st_ino).
+    loops: Vec<(LoopDevice, u64, u64)>,
+}
+
+impl KernelView {
+    pub fn read() -> Result<KernelView> {
+        Ok(KernelView { mounts: mountinfo::read()?, loops: loopdev::list()? })
+    }
+
+    /// The device backed by `image`, matched by device and inode; None when
+    /// the image is missing or not attached.
+    fn device_of(&self, image: &Path) -> Option<LoopDevice> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(image).ok()?;
+        let found = self.loops.iter().find(|(_, dev, ino)| *dev == meta.dev() && *ino == meta.ino());
+        found.map(|(device, _, _)| device.clone())
+    }
+}
+
 /// What the kernel says about a volume right now.
 #[derive(Debug, Default)]
 pub(crate) struct Live {
@@ -90,15 +114,12 @@ impl Live {
 }
 
 impl Pool {
-    /// Reads the kernel's view of a volume.
-    pub(crate) fn live(&self, vol: &Volume, mounts: &[MountEntry]) -> Result<Live> {
-        let image = self.volume_image_path(&vol.id);
-        if !image.exists() {
-            return Ok(Live::default());
-        }
-        let Some(device) = loopdev::find(&image)? else {
+    /// What the kernel has of a volume, in a view read once per operation.
+    pub(crate) fn live(&self, vol: &Volume, view: &KernelView) -> Result<Live> {
+        let Some(device) = view.device_of(&self.volume_image_path(&vol.id)) else {
             return Ok(Live::default());
         };
+        let mounts = &view.mounts;
         let rdev = nix::sys::stat::stat(&device.path).map(|st| st.st_rdev).unwrap_or(0);
         let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
         let node_name = format!("/{}", device.path.file_name().unwrap_or_default().to_string_lossy());
@@ -127,8 +148,7 @@ impl Pool {
     /// crash, or a mount removed behind our back) and returns the live state.
     /// The caller holds the volume's lock.
     pub(crate) fn reconcile(&self, vol: &mut Volume) -> Result<Live> {
-        let mounts = mountinfo::read()?;
-        let live = self.live(vol, &mounts)?;
+        let live = self.live(vol, &KernelView::read()?)?;
         let mut changed = false;
         if vol.staged.is_some() && !live.staged {
             tracing::warn!(volume = %vol.id, "staging recorded but gone from the kernel; forgetting it");
@@ -455,8 +475,7 @@ impl Pool {
     pub fn stats(&self, id: &str, path: &Path) -> Result<VolumeStats> {
         let path = clean_path(path)?;
         let vol = self.volume(id)?;
-        let mounts = mountinfo::read()?;
-        let live = self.live(&vol, &mounts)?;
+        let live = self.live(&vol, &KernelView::read()?)?;
         if !live.mount_points.contains(&path) {
             return Err(Error::NotAtPath { id: id.into(), path });
         }
@@ -479,8 +498,14 @@ impl Pool {
     /// Health of a volume wherever it is (ControllerGetVolume).
     pub fn condition(&self, id: &str) -> Result<Condition> {
         let vol = self.volume(id)?;
-        let live = self.live(&vol, &mountinfo::read()?)?;
+        let live = self.live(&vol, &KernelView::read()?)?;
         Ok(self.condition_of(&vol, &live))
+    }
+
+    /// Health of many volumes from one reading of the kernel (ListVolumes).
+    pub fn conditions(&self, vols: &[Volume]) -> Result<Vec<Condition>> {
+        let view = KernelView::read()?;
+        vols.iter().map(|vol| Ok(self.condition_of(vol, &self.live(vol, &view)?))).collect()
     }
 
     fn condition_of(&self, vol: &Volume, live: &Live) -> Condition {
@@ -579,7 +604,7 @@ impl Pool {
     /// (live publishes; with the records lost, the staging mount too).
     pub fn users(&self, id: &str) -> Result<Vec<PathBuf>> {
         let vol = self.volume(id)?;
-        let live = self.live(&vol, &mountinfo::read()?)?;
+        let live = self.live(&vol, &KernelView::read()?)?;
         let staging: Vec<&Path> = vol.staged.iter().map(|st| st.staging_path.as_path()).collect();
         Ok(live.others(&staging))
     }

@@ -285,6 +285,21 @@ impl Pool {
         self.read_all("volumes")
     }
 
+    /// The IDs of all volumes, sorted, from the directory alone (a page of a
+    /// listing then reads only its own records).
+    pub fn volume_ids(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("volumes");
+        let mut ids: Vec<String> = fs::read_dir(&dir)
+            .map_err(|e| Error::io("list", &dir, e))?
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| !name.starts_with('.'))
+            .filter_map(|name| name.strip_suffix(".json").map(str::to_string))
+            .filter(|id| id::validate(id).is_ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     pub fn snapshot(&self, id: &str) -> Result<Snapshot> {
         id::validate(id).map_err(|_| Error::SnapshotNotFound(id::truncate(id)))?;
         record::read(&self.snapshot_record_path(id))?.ok_or_else(|| Error::SnapshotNotFound(id.to_string()))

@@ -234,20 +234,22 @@ impl Controller for ControllerService {
         let page = self
             .0
             .run(move |pool| {
-                let (vols, next) = match pagination::page(pool.volumes()?, |v| v.id.as_str(), max, &token) {
+                // Page over the IDs, then read only this page's records.
+                let (ids, next) = match pagination::page(pool.volume_ids()?, |id| id.as_str(), max, &token) {
                     Ok(page) => page,
                     Err(status) => return Ok(Err(status)),
                 };
-                let mut entries = Vec::with_capacity(vols.len());
-                for vol in vols {
+                let mut vols = Vec::with_capacity(ids.len());
+                for id in ids {
                     // A volume deleted while we list is simply left out.
-                    match pool.condition(&vol.id) {
-                        Ok(c) => entries.push((vol, c)),
+                    match pool.volume(&id) {
+                        Ok(vol) => vols.push(vol),
                         Err(loopvol_backend::Error::VolumeNotFound(_)) => {}
                         Err(e) => return Err(e),
                     }
                 }
-                Ok(Ok((entries, next)))
+                let conditions = pool.conditions(&vols)?;
+                Ok(Ok((vols.into_iter().zip(conditions).collect::<Vec<_>>(), next)))
             })
             .await??;
         let (entries, next_token) = page;
