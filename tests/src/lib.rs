@@ -1,1 +1,6 @@
-//! placeholder
+//! Black-box tooling for loopvol: the pieces of `csi-bench`, which the
+//! cross-driver tests in `tests/tests/` reuse (a CSI client over a unix socket).
+
+#![forbid(unsafe_code)]
+
+pub mod bench;

@@ -153,22 +153,10 @@ impl VolumeSpec {
     }
 }
 
-/// Kubernetes-style quantity: `10Gi`, `512Mi`, `1G`, `4096`.
+/// A Kubernetes quantity (`10Gi`, `512Mi`, `1G`, `4096`) as CSI's int64 bytes.
 pub fn parse_size(s: &str) -> anyhow::Result<i64> {
-    let units: [(&str, i64); 8] = [
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("k", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-    ];
-    let (digits, mult) =
-        units.iter().find_map(|(suffix, mult)| s.strip_suffix(suffix).map(|d| (d, *mult))).unwrap_or((s, 1));
-    let n: i64 = digits.parse().with_context(|| format!("size {s:?}: want a quantity like 10Gi"))?;
-    n.checked_mul(mult).with_context(|| format!("size {s:?} is too large"))
+    let bytes = loopvol_backend::quantity::parse(s).map_err(|e| anyhow::anyhow!("size {s:?}: {e}"))?;
+    i64::try_from(bytes).with_context(|| format!("size {s:?} is too large"))
 }
 
 /// `key=value` parameters.

@@ -15,8 +15,7 @@
 
 #![forbid(unsafe_code)]
 
-#[path = "../bench/mod.rs"]
-mod bench;
+use loopvol_tests::bench;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
