@@ -25,24 +25,8 @@ const SECRET_USER: &str = "admin-user-secret-name";
 
 // ---- helpers ----
 
-/// A workspace binary, built by `cargo test --workspace` beside this test.
 fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let path = profile_dir.join(name);
-    if !path.exists() {
-        // Run alone (cargo test -p loopvol-tests): build it first.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let package = if name == "loopvol" { "loopvol-flexvolume" } else { "loopvol-csi" };
-        let status = Command::new(cargo)
-            .args(["build", "-p", package, "--bin", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building {name}");
-    }
-    assert!(path.exists(), "{} is missing", path.display());
-    path
+    loopvol_tests::workspace_binary(name)
 }
 
 fn b64(s: &str) -> String {
