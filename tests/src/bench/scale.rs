@@ -231,8 +231,7 @@ async fn list_report(ctx: &Ctx, page_size: i32, mine: &HashSet<String>) -> Value
 /// wait for open connections.
 async fn restart(cmd: &str, socket: &Path, timeout: Duration) -> anyhow::Result<(Csi, Value)> {
     let start = Instant::now();
-    let status =
-        tokio::process::Command::new("sh").arg("-c").arg(cmd).stdin(std::process::Stdio::null()).status().await?;
+    let status = tokio::process::Command::new(cmd).stdin(std::process::Stdio::null()).status().await?;
     let cmd_time = start.elapsed();
     if !status.success() {
         anyhow::bail!("restart command {cmd:?} exited with {status}");

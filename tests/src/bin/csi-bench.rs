@@ -80,8 +80,9 @@ enum Command {
         /// ListVolumes max_entries.
         #[arg(long, default_value_t = 100)]
         page_size: i32,
-        /// Shell command that restarts the driver (stop, then start in the
-        /// background); timed until Probe answers ready on the endpoint.
+        /// Program (an executable, run without a shell) that restarts the
+        /// driver (stop, then start in the background); timed until Probe
+        /// answers ready on the endpoint.
         #[arg(long)]
         restart_cmd: Option<String>,
         /// Seconds to wait for the restarted driver.
