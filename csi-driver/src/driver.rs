@@ -31,7 +31,7 @@ impl Driver {
             name,
             node_id,
             max_volumes_per_node,
-            advertise_get_snapshot: true,
+            advertise_get_snapshot: false,
             topology_key,
             defer_expansion_to_node: false,
         }

@@ -83,10 +83,11 @@ struct ServeArgs {
     /// Volumes this node may hold; 0 leaves the limit to the CO.
     #[arg(long, env = "LOOPVOL_MAX_VOLUMES_PER_NODE", default_value_t = 0)]
     max_volumes_per_node: u32,
-    /// List GET_SNAPSHOT in ControllerGetCapabilities. csi-sanity v5.4.0
-    /// fails on capabilities it does not know, GET_SNAPSHOT (CSI 1.12) among
-    /// them: run it with `--advertise-get-snapshot=false`.
-    #[arg(long, env = "LOOPVOL_ADVERTISE_GET_SNAPSHOT", default_value_t = true, action = clap::ArgAction::Set)]
+    /// List GET_SNAPSHOT (alpha in CSI 1.12) in ControllerGetCapabilities.
+    /// Off by default: csi-sanity v5.4.0 fails its ControllerGetCapabilities
+    /// test on any capability it does not know, GET_SNAPSHOT among them, and
+    /// no sidecar calls GetSnapshot yet. The RPC works either way.
+    #[arg(long, env = "LOOPVOL_ADVERTISE_GET_SNAPSHOT", default_value_t = false, action = clap::ArgAction::Set)]
     advertise_get_snapshot: bool,
     /// For the single external-resizer Deployment (it has no per-node mode):
     /// ControllerExpandVolume of a volume not in this driver's pool answers
