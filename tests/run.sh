@@ -22,4 +22,11 @@ fi
 # Loop devices need the loop driver; it is built in on most kernels.
 [ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
 
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite (the last binary cargo runs is a
+# doc-test run that may hold no test at all).
+awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' "$log"
+exit "$status"
