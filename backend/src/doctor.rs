@@ -74,9 +74,9 @@ impl Pool {
             if name.starts_with('.') && name.ends_with(".tmp") {
                 continue; // handled below
             }
-            let Some(id) = name.strip_suffix(".json") else { continue };
+            let Some(id) = name.strip_suffix(".json").filter(|id| crate::id::validate(id).is_ok()) else { continue };
             ids.insert(id.to_string());
-            match record::read::<crate::pool::Volume>(&path) {
+            match self.read_volume(id) {
                 Err(e) => findings.push(Finding {
                     kind: FindingKind::CorruptRecord,
                     path,
@@ -256,7 +256,7 @@ fn temp_owner(name: &str) -> String {
     let inner = name.trim_start_matches('.').trim_end_matches(".tmp");
     let id = match inner.strip_suffix(".img") {
         Some(id) => id,
-        None => inner.rsplit_once(".json.").map_or(inner, |(id, _)| id),
+        None => inner.rsplit_once(".json.").or_else(|| inner.rsplit_once(".state.")).map_or(inner, |(id, _)| id),
     };
     id.to_string()
 }
@@ -277,5 +277,6 @@ mod tests {
         assert_eq!(super::temp_owner(".pvc-1.img.tmp"), "pvc-1");
         assert_eq!(super::temp_owner(".vol.1.json.4242.tmp"), "vol.1");
         assert_eq!(super::temp_owner(".a.json.json.7.tmp"), "a.json");
+        assert_eq!(super::temp_owner(".pvc-1.state.99.tmp"), "pvc-1");
     }
 }

@@ -205,6 +205,7 @@ impl Pool {
         check_access(&vol, req.access_type)?;
         check_fs(&vol, req.access_type, req.fs_type)?;
         let fs_type = vol.fs_type;
+        let catalog_before = (vol.formatted, vol.fs_grow_pending);
         let opts = match req.access_type {
             AccessType::Mount => MountOptions::parse(&req.mount_options, Some(fs_type))?,
             AccessType::Block => MountOptions::default(),
@@ -259,7 +260,14 @@ impl Pool {
         };
         vol.staged = Some(st.clone());
         vol.formatted |= req.access_type == AccessType::Mount;
-        if let Err(e) = self.write_volume(&vol) {
+        // The record itself changes only at the first stage (formatted) or
+        // when a pending growth was done; the rest is node state.
+        let written = if (vol.formatted, vol.fs_grow_pending) == catalog_before {
+            self.write_node_state(&vol)
+        } else {
+            self.write_volume(&vol)
+        };
+        if let Err(e) = written {
             self.release(&vol, &staging);
             return Err(e);
         }
@@ -369,7 +377,7 @@ impl Pool {
             loopdev::detach(dev)?;
         }
         if vol.staged.take().is_some() {
-            self.write_volume(&vol)?;
+            self.write_node_state(&vol)?;
         }
         if remove_dir {
             match fs::remove_dir(&staging) {

@@ -59,6 +59,15 @@ pub enum Source {
     Volume(String),
 }
 
+/// What `<id>.state` holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct NodeState {
+    #[serde(default)]
+    staged: Option<crate::node::StageRecord>,
+    #[serde(default)]
+    published: BTreeMap<PathBuf, crate::node::PublishRecord>,
+}
+
 /// A request to create a volume. Idempotent on `name`.
 #[derive(Debug, Clone)]
 pub struct CreateVolume {
@@ -102,10 +111,12 @@ pub struct Volume {
     /// FlexVolume attach mode: the node that holds the volume.
     #[serde(default)]
     pub attached_node: Option<String>,
-    /// Node state, reconciled with the kernel before it is trusted.
-    #[serde(default)]
+    /// Node state, reconciled with the kernel before it is trusted. Kept in
+    /// `<id>.state` beside the record, not in it (see `write_node_state`);
+    /// read here only from records written before that split.
+    #[serde(default, skip_serializing)]
     pub staged: Option<crate::node::StageRecord>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub published: BTreeMap<PathBuf, crate::node::PublishRecord>,
 }
 
@@ -258,20 +269,41 @@ impl Pool {
 
     // ---- records ----
 
+    /// A volume's node state file: what is staged and published on this node.
+    fn node_state_path(&self, id: &str) -> PathBuf {
+        self.root.join("volumes").join(format!("{id}.state"))
+    }
+
+    /// The record with its node state. Node state that does not parse (a
+    /// power loss caught it mid-write) reads as empty: the mounts it
+    /// described died with the machine, and the kernel is asked anyway.
     pub(crate) fn read_volume(&self, id: &str) -> Result<Option<Volume>> {
-        record::read(&self.volume_record_path(id))
+        let Some(mut vol) = record::read::<Volume>(&self.volume_record_path(id))? else { return Ok(None) };
+        match record::read::<NodeState>(&self.node_state_path(id)) {
+            Ok(Some(state)) => (vol.staged, vol.published) = (state.staged, state.published),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(volume = %id, error = %e, "node state unreadable; asking the kernel instead");
+                (vol.staged, vol.published) = (None, BTreeMap::new());
+            }
+        }
+        Ok(Some(vol))
     }
 
+    /// Writes the record (durably) and the node state.
     pub(crate) fn write_volume(&self, vol: &Volume) -> Result<()> {
-        record::write(&self.volume_record_path(&vol.id), vol)
+        record::write(&self.volume_record_path(&vol.id), vol)?;
+        self.write_node_state(vol)
     }
 
-    /// Writes a record whose change is only node state the kernel backs
-    /// (published targets): atomic, but without the directory fsync. After a
-    /// power loss the mounts are gone too, and a record that lost an update
-    /// is reconciled or adopted from the kernel on its next use.
+    /// Writes only the node state (staged, published), without any fsync:
+    /// it describes mounts, which a power loss takes away too, and every
+    /// operation reconciles it with the kernel (and adopts mounts it lost)
+    /// before trusting it. This keeps fsyncs, and the journal commits they
+    /// force, off NodePublish and NodeUnpublish.
     pub(crate) fn write_node_state(&self, vol: &Volume) -> Result<()> {
-        record::write_with(&self.volume_record_path(&vol.id), vol, record::Durability::Atomic)
+        let state = NodeState { staged: vol.staged.clone(), published: vol.published.clone() };
+        record::write_with(&self.node_state_path(&vol.id), &state, record::Durability::Volatile)
     }
 
     /// VolumeNotFound when missing.
@@ -280,9 +312,14 @@ impl Pool {
         self.read_volume(id)?.ok_or_else(|| Error::VolumeNotFound(id.to_string()))
     }
 
-    /// All volumes, sorted by ID (stable for pagination).
+    /// All volumes, sorted by ID (stable for pagination). A volume deleted
+    /// while listing is left out.
     pub fn volumes(&self) -> Result<Vec<Volume>> {
-        self.read_all("volumes")
+        let mut out = Vec::new();
+        for id in self.volume_ids()? {
+            out.extend(self.read_volume(&id)?);
+        }
+        Ok(out)
     }
 
     /// The IDs of all volumes, sorted, from the directory alone (a page of a
@@ -504,6 +541,7 @@ impl Pool {
             }
             record::remove(&self.volume_record_path(id))?;
         }
+        record::remove(&self.node_state_path(id))?;
         record::remove(&image)?;
         tracing::info!(volume = %id, "volume deleted");
         Ok(())

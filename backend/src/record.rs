@@ -18,10 +18,12 @@ pub enum Durability {
     /// The new record survives a power loss (the directory is fsynced after
     /// the rename).
     Durable,
-    /// Readers and a crash see the old record or the new one, whole (the file
-    /// is fsynced before the rename), but a power loss may bring the old one
-    /// back. For state the kernel can tell again after a reboot anyway.
-    Atomic,
+    /// Readers, and a process that crashes, see the old record or the new
+    /// one, whole (rename of a written temp file); nothing is fsynced, so a
+    /// power loss may leave it old, empty or missing. Only for state that
+    /// dies with the machine anyway (what is mounted), which the kernel tells
+    /// again.
+    Volatile,
 }
 
 /// Writes `value` to `path` atomically and durably.
@@ -54,11 +56,13 @@ fn write_bytes_with(path: &Path, bytes: &[u8], durability: Durability) -> Result
             .open(&tmp)
             .map_err(|e| Error::io("create", &tmp, e))?;
         file.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
-        file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        if durability == Durability::Durable {
+            file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        }
         fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
         match durability {
             Durability::Durable => sync_dir(dir),
-            Durability::Atomic => Ok(()),
+            Durability::Volatile => Ok(()),
         }
     })();
     if result.is_err() {

@@ -108,6 +108,7 @@ fn assert_no_partial_files(pool: &Pool) {
             let (stem, other) = match name.rsplit_once('.') {
                 Some((stem, "img")) => (stem, format!("{stem}.json")),
                 Some((stem, "json")) => (stem, format!("{stem}.img")),
+                Some((stem, "state")) => (stem, format!("{stem}.json")),
                 _ => panic!("unexpected file {dir}/{name}"),
             };
             assert!(names.contains(&other), "{dir}/{name} without {other} (stem {stem})");

@@ -691,12 +691,9 @@ fn lost_records_are_adopted_from_the_kernel() {
     let id = env.create("adopt", 64 * MIB, FsType::Ext4);
     let staging = env.stage(&id, false);
     let target = env.publish(&id, &staging, "pod", true);
-    // Lose the node state from the record, as a restored backup would.
-    let mut vol = env.pool.volume(&id).unwrap();
-    vol.staged = None;
-    vol.published.clear();
-    let record = env.sandbox.path().join(format!("pool/volumes/{id}.json"));
-    fs::write(&record, serde_json::to_vec(&vol).unwrap()).unwrap();
+    // Lose the node state, as a power loss caught mid-write would.
+    fs::write(env.sandbox.path().join(format!("pool/volumes/{id}.state")), b"").unwrap();
+    assert!(env.pool.volume(&id).unwrap().staged.is_none(), "unreadable node state reads as empty");
     env.pool.stage(&id, &stage_req(&staging, AccessType::Mount, false)).unwrap();
     assert!(matches!(
         env.pool.publish(&id, &publish_req(&staging, &target, AccessType::Mount, false)),
