@@ -608,6 +608,15 @@ impl Pool {
         Ok(id.filter(|id| crate::id::validate(id).is_ok()).map(str::to_string))
     }
 
+    /// The loop device backing the volume's image, if attached, and every
+    /// place the kernel has it mounted (staging, publishes, block binds):
+    /// for reports (the admin CLI's `inspect`).
+    pub fn live_mounts(&self, id: &str) -> Result<(Option<LoopDevice>, Vec<PathBuf>)> {
+        let vol = self.volume(id)?;
+        let live = self.live(&vol, &KernelView::read()?)?;
+        Ok((live.device, live.mount_points))
+    }
+
     /// Paths where the volume is mounted besides its recorded staging path
     /// (live publishes; with the records lost, the staging mount too).
     pub fn users(&self, id: &str) -> Result<Vec<PathBuf>> {

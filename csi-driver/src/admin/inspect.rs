@@ -2,11 +2,10 @@
 //! kernel says about it right now.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use loopvol_backend::mountinfo::{self, MountEntry};
 use loopvol_backend::{Error, Pool, Snapshot, Volume};
 use serde::Serialize;
 
@@ -118,35 +117,9 @@ pub fn run(pool: &Pool, id: &str, output: Output) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Mount points of the loop device: its filesystem (by device number, or by
-/// source: btrfs reports an anonymous device number) and bind mounts of its
-/// device node (block volumes). The same rule as the backend's live view.
-fn mounts_of(device: &Path, mounts: &[MountEntry]) -> Vec<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let rdev = std::fs::metadata(device).map(|m| m.rdev()).unwrap_or(0);
-    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-    let node = format!("/{}", device.file_name().unwrap_or_default().to_string_lossy());
-    let source = device.to_string_lossy();
-    let mut out: Vec<PathBuf> = mounts
-        .iter()
-        .filter(|e| {
-            (rdev != 0 && u64::from(e.major) == major && u64::from(e.minor) == minor)
-                || (e.source == source && e.fs_type != "devtmpfs")
-                || (e.fs_type == "devtmpfs" && e.root.as_os_str() == node.as_str())
-        })
-        .map(|e| e.mount_point.clone())
-        .collect();
-    out.dedup();
-    out
-}
-
 fn volume_report(pool: &Pool, vol: Volume) -> anyhow::Result<VolumeReport> {
     let image_path = pool.volume_image_path(&vol.id);
-    let device = if image_path.exists() { loopvol_backend::loopdev::find(&image_path)? } else { None };
-    let mounts = match &device {
-        Some(dev) => mounts_of(&dev.path, &mountinfo::read()?),
-        None => Vec::new(),
-    };
+    let (device, mounts) = pool.live_mounts(&vol.id)?;
     let condition = pool.condition(&vol.id)?;
     let staging = vol.staged.as_ref().map(|st| Staging {
         live: match st.access_type {
