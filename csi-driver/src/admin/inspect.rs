@@ -9,7 +9,7 @@ use anyhow::bail;
 use loopvol_backend::{Error, Pool, Snapshot, Volume};
 use serde::Serialize;
 
-use super::list::{source_ref, SourceRef};
+use super::list::{source_ref, SnapshotRow, SourceRef};
 use super::{allocated, human, print_json, rfc3339, Output};
 
 #[derive(Debug, Serialize)]
@@ -78,15 +78,8 @@ struct VolumeReport {
 #[derive(Debug, Serialize)]
 struct SnapshotReport {
     kind: &'static str,
-    id: String,
-    name: String,
-    source_volume_id: String,
-    size_bytes: u64,
-    fs_type: &'static str,
-    access_type: &'static str,
-    group_id: Option<String>,
-    ready: bool,
-    created_at: u64,
+    #[serde(flatten)]
+    snapshot: SnapshotRow,
     image: Image,
 }
 
@@ -162,19 +155,7 @@ fn volume_report(pool: &Pool, vol: Volume) -> anyhow::Result<VolumeReport> {
 
 fn snapshot_report(pool: &Pool, snap: Snapshot) -> SnapshotReport {
     let path = pool.root().join("snapshots").join(format!("{}.img", snap.id));
-    SnapshotReport {
-        kind: "snapshot",
-        image: image(path),
-        id: snap.id,
-        name: snap.name,
-        source_volume_id: snap.source_volume_id,
-        size_bytes: snap.size_bytes,
-        fs_type: snap.fs_type.as_str(),
-        access_type: snap.access_type.as_str(),
-        group_id: snap.group_id,
-        ready: snap.ready,
-        created_at: snap.created_at,
-    }
+    SnapshotReport { kind: "snapshot", image: image(path), snapshot: SnapshotRow::from(snap) }
 }
 
 fn kv(out: &mut String, key: &str, value: impl std::fmt::Display) {
@@ -244,16 +225,16 @@ fn gone(live: bool) -> &'static str {
 
 fn render_snapshot(r: &SnapshotReport) -> String {
     let mut out = String::new();
-    kv(&mut out, "Snapshot:", &r.id);
-    kv(&mut out, "Name:", &r.name);
-    kv(&mut out, "Source volume:", &r.source_volume_id);
-    kv(&mut out, "Size:", format!("{} ({} bytes)", human(r.size_bytes), r.size_bytes));
-    kv(&mut out, "Filesystem:", format!("{} ({})", r.fs_type, r.access_type));
-    if let Some(g) = &r.group_id {
+    kv(&mut out, "Snapshot:", &r.snapshot.id);
+    kv(&mut out, "Name:", &r.snapshot.name);
+    kv(&mut out, "Source volume:", &r.snapshot.source_volume_id);
+    kv(&mut out, "Size:", format!("{} ({} bytes)", human(r.snapshot.size_bytes), r.snapshot.size_bytes));
+    kv(&mut out, "Filesystem:", format!("{} ({})", r.snapshot.fs_type, r.snapshot.access_type));
+    if let Some(g) = &r.snapshot.group_id {
         kv(&mut out, "Group:", g);
     }
-    kv(&mut out, "Ready:", if r.ready { "yes" } else { "no" });
-    kv(&mut out, "Created:", rfc3339(r.created_at));
-    kv(&mut out, "Image:", image_line(&r.image, r.size_bytes));
+    kv(&mut out, "Ready:", if r.snapshot.ready { "yes" } else { "no" });
+    kv(&mut out, "Created:", rfc3339(r.snapshot.created_at));
+    kv(&mut out, "Image:", image_line(&r.image, r.snapshot.size_bytes));
     out
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use loopvol_backend::{Pool, Source};
+use loopvol_backend::{Pool, Snapshot, Source};
 use serde::Serialize;
 
 use super::{human, print_json, rfc3339, table, Output};
@@ -46,17 +46,34 @@ struct VolumeRow {
     published_targets: usize,
 }
 
+/// A snapshot as `list` shows it, and the head of `inspect`'s report.
 #[derive(Debug, Serialize)]
-struct SnapshotRow {
-    id: String,
-    name: String,
-    source_volume_id: String,
-    size_bytes: u64,
-    fs_type: &'static str,
-    access_type: &'static str,
-    group_id: Option<String>,
-    ready: bool,
-    created_at: u64,
+pub(super) struct SnapshotRow {
+    pub id: String,
+    pub name: String,
+    pub source_volume_id: String,
+    pub size_bytes: u64,
+    pub fs_type: &'static str,
+    pub access_type: &'static str,
+    pub group_id: Option<String>,
+    pub ready: bool,
+    pub created_at: u64,
+}
+
+impl From<Snapshot> for SnapshotRow {
+    fn from(s: Snapshot) -> Self {
+        SnapshotRow {
+            id: s.id,
+            name: s.name,
+            source_volume_id: s.source_volume_id,
+            size_bytes: s.size_bytes,
+            fs_type: s.fs_type.as_str(),
+            access_type: s.access_type.as_str(),
+            group_id: s.group_id,
+            ready: s.ready,
+            created_at: s.created_at,
+        }
+    }
 }
 
 pub fn run(pool: &Pool, output: Output) -> anyhow::Result<ExitCode> {
@@ -81,21 +98,7 @@ pub fn run(pool: &Pool, output: Output) -> anyhow::Result<ExitCode> {
             created_at: v.created_at,
         })
         .collect();
-    let snapshots: Vec<SnapshotRow> = pool
-        .snapshots()?
-        .into_iter()
-        .map(|s| SnapshotRow {
-            id: s.id,
-            name: s.name,
-            source_volume_id: s.source_volume_id,
-            size_bytes: s.size_bytes,
-            fs_type: s.fs_type.as_str(),
-            access_type: s.access_type.as_str(),
-            group_id: s.group_id,
-            ready: s.ready,
-            created_at: s.created_at,
-        })
-        .collect();
+    let snapshots: Vec<SnapshotRow> = pool.snapshots()?.into_iter().map(SnapshotRow::from).collect();
     let listing = Listing { pool: pool.root().to_path_buf(), volumes, snapshots };
     match output {
         Output::Json => print_json(&listing)?,
