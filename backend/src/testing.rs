@@ -79,16 +79,26 @@ pub fn loops_under(root: &std::path::Path) -> usize {
     loop_devices().iter().filter(|(_, backing)| backing.starts_with(root)).count()
 }
 
-/// The number of loop devices backed below `root` once it reaches `want`, or
-/// after 20 s. A device released by autoclear lingers while udev still has it
-/// open, so counts are polled rather than read once: a liveness bound, not a
+/// Waits (bounded, 20 s) until `cond` holds and says whether it did. A loop
+/// device released by autoclear lingers while udev still has it open, so
+/// such states are polled rather than read once: a liveness bound, not a
 /// timing assertion.
-pub fn loops_settle(root: &std::path::Path, want: usize) -> usize {
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     for _ in 0..400 {
-        if loops_under(root) == want {
-            return want;
+        if cond() {
+            return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    loops_under(root)
+    cond()
+}
+
+/// The number of loop devices backed below `root` once it reaches `want`, or
+/// after 20 s (see [`eventually`]).
+pub fn loops_settle(root: &std::path::Path, want: usize) -> usize {
+    if eventually(|| loops_under(root) == want) {
+        want
+    } else {
+        loops_under(root)
+    }
 }

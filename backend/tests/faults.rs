@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use loopvol_backend::loopdev::{self, AttachOptions};
 use loopvol_backend::mount_options::MountOptions;
-use loopvol_backend::testing::{cleanup_under, loop_devices, privileged, Sandbox};
+use loopvol_backend::testing::{cleanup_under, eventually, loop_devices, loops_under, privileged, Sandbox};
 use loopvol_backend::{
     mount, mountinfo, AccessType, CapacityRange, CreateVolume, Error, FsType, Pool, PoolOptions, PublishRequest,
     Source, StageRequest,
@@ -63,23 +63,6 @@ fn mounts_at(path: &Path) -> usize {
 
 fn loops_backed_by(image: &Path) -> usize {
     loop_devices().iter().filter(|(_, backing)| backing == image).count()
-}
-
-fn loops_under(root: &Path) -> usize {
-    loop_devices().iter().filter(|(_, backing)| backing.starts_with(root)).count()
-}
-
-/// Waits (bounded) until `cond` holds. A loop device released by autoclear
-/// can linger while udev still has it open, so "no device left" is polled
-/// rather than read once; this is a liveness bound, not a timing assertion.
-fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-    for _ in 0..400 {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
 }
 
 fn write_file(path: &Path, data: &[u8]) {

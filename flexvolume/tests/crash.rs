@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use loopvol_backend::testing::eventually;
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -32,18 +33,6 @@ fn spawn(w: &World, args: &[&str]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn driver")
-}
-
-/// Waits (bounded) for `cond`: an autoclear loop device can linger while
-/// udev still holds it. A liveness bound, not a timing assertion.
-fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-    for _ in 0..400 {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
 }
 
 fn pattern(seed: u8) -> Vec<u8> {
