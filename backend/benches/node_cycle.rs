@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use loopvol_backend::testing::{privileged, Sandbox};
 use loopvol_backend::{
-    AccessType, CapacityRange, CreateVolume, FsType, Pool, PoolOptions, PublishRequest, StageRequest,
+    AccessType, CapacityRange, CreateVolume, FsType, Lifecycle, Pool, PoolOptions, PublishRequest, StageRequest,
 };
+use loopvol_test_support::{privileged, Sandbox};
 
 const ROUNDS: usize = 50;
 
@@ -52,6 +52,7 @@ fn main() {
                 thick: false,
                 source: None,
                 parameters: BTreeMap::new(),
+                lifecycle: Lifecycle::Persistent,
             })
             .expect("create");
         pool.stage(&vol.id, &stage).expect("first stage");

@@ -15,14 +15,16 @@ pub enum Error {
     InvalidId { id: String, reason: &'static str },
     #[error("invalid name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
-    #[error("unsupported filesystem type {0:?} (supported: ext4, xfs, btrfs)")]
-    UnsupportedFsType(String),
+    #[error("unsupported filesystem type {given:?} (supported: {supported})")]
+    UnsupportedFsType { given: String, supported: String },
     #[error("mount option {option:?} is not allowed: {reason}")]
     MountOptionNotAllowed { option: String, reason: &'static str },
     #[error("invalid path {path:?}: {reason}")]
     InvalidPath { path: PathBuf, reason: &'static str },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    #[error("invalid parameter {key:?}: {reason}")]
+    InvalidParameter { key: String, reason: String },
 
     // ---- lookups (NOT_FOUND) ----
     #[error("volume {0} not found")]

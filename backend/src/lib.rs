@@ -2,33 +2,30 @@
 //! catalog. The front ends (CSI, FlexVolume) only translate requests into
 //! calls on [`Pool`] and map [`Error`] to their own replies.
 //!
-//! Data flows one way: `pool`/`node` (orchestration, locking, records) call the
-//! kernel-facing modules (`loopdev`, `mount`, `fs`, `copy`, `tools`,
-//! `mountinfo`); nothing here calls back up.
+//! The public API is [`Pool`] with its request, record and error types, the
+//! parameter parser ([`params`]) and the pure helpers the front ends share
+//! (`id`, `quantity`). Data flows one way: `pool` (orchestration, locking,
+//! records) calls the crate-private `kernel` layer (loop devices, mounts,
+//! mountinfo, filesystem tools, copies, locks, record files); nothing in
+//! `kernel` calls back up.
 
-pub mod copy;
-pub mod doctor;
 pub mod error;
 pub mod failpoint;
-pub mod fs;
+mod filesystem;
 pub mod id;
-pub mod lock;
-pub mod loopdev;
-pub mod mount;
-pub mod mount_options;
-pub mod mountinfo;
-pub mod node;
-pub mod pool;
+mod kernel;
+pub mod params;
+mod pool;
 pub mod quantity;
-pub mod record;
-#[doc(hidden)]
-pub mod testing;
-pub mod tools;
-pub mod types;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
+mod types;
 
 pub use error::{Error, Result};
-pub use node::{PublishRequest, StageRequest, VolumeStats};
+pub use filesystem::FsType;
 pub use pool::{
-    Capacity, CapacityRange, CreateVolume, ExpandOutcome, GroupSnapshot, Pool, PoolOptions, Snapshot, Source, Volume,
+    clean_path, Capacity, CapacityRange, CreateVolume, ExpandOutcome, Finding, FindingKind, GroupSnapshot, Lifecycle,
+    NodeState, Pool, PoolOptions, PrivateMount, PublishRecord, PublishRequest, Snapshot, Source, StageRecord,
+    StageRequest, Volume, VolumeStats, SNAPSHOT_RECORD_VERSION, VOLUME_RECORD_VERSION,
 };
-pub use types::{AccessType, Condition, FsType, Usage};
+pub use types::{AccessType, Condition, Usage};

@@ -1,60 +1,6 @@
 //! Small value types shared by the whole backend.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
-
-use crate::error::Error;
-
-/// Filesystems loopvol formats and mounts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FsType {
-    Ext4,
-    Xfs,
-    Btrfs,
-}
-
-impl FsType {
-    pub const ALL: [FsType; 3] = [FsType::Ext4, FsType::Xfs, FsType::Btrfs];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FsType::Ext4 => "ext4",
-            FsType::Xfs => "xfs",
-            FsType::Btrfs => "btrfs",
-        }
-    }
-
-    /// The smallest image the filesystem's mkfs accepts (mkfs.xfs refuses
-    /// anything under 300 MiB; btrfs needs about 114 MiB with default profiles).
-    pub fn min_size(self) -> u64 {
-        match self {
-            FsType::Ext4 => 1 << 20,
-            FsType::Xfs => 300 << 20,
-            FsType::Btrfs => 128 << 20,
-        }
-    }
-}
-
-impl fmt::Display for FsType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for FsType {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "ext4" => Ok(FsType::Ext4),
-            "xfs" => Ok(FsType::Xfs),
-            "btrfs" => Ok(FsType::Btrfs),
-            other => Err(Error::UnsupportedFsType(crate::id::truncate(other))),
-        }
-    }
-}
 
 /// How a volume is consumed on the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

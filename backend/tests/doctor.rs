@@ -4,10 +4,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use loopvol_backend::doctor::FindingKind;
-use loopvol_backend::loopdev::{self, AttachOptions};
-use loopvol_backend::testing::{privileged, Sandbox};
-use loopvol_backend::{mountinfo, AccessType, CapacityRange, CreateVolume, Pool, PoolOptions, StageRequest};
+use loopvol_backend::FindingKind;
+use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Lifecycle, Pool, PoolOptions, StageRequest};
+use loopvol_test_support::{privileged, Sandbox};
 
 fn create(pool: &Pool, name: &str) -> String {
     pool.create_volume(&CreateVolume {
@@ -19,6 +18,7 @@ fn create(pool: &Pool, name: &str) -> String {
         thick: false,
         source: None,
         parameters: BTreeMap::new(),
+        lifecycle: Lifecycle::Persistent,
     })
     .unwrap()
     .id
@@ -36,7 +36,7 @@ fn stage(pool: &Pool, id: &str, staging: &Path) {
 }
 
 fn mounted(path: &Path) -> bool {
-    mountinfo::read().unwrap().iter().any(|m| m.mount_point == path)
+    loopvol_test_support::mount_count(path) > 0
 }
 
 #[test]
@@ -61,8 +61,7 @@ fn doctor_finds_and_repairs_what_is_safe() {
     fs::write(vols.join(".half.img.tmp"), b"partial").unwrap();
 
     let unused = create(&pool, "unused-loop");
-    let attached = loopdev::attach(&pool.volume_image_path(&unused), AttachOptions::default()).unwrap();
-    drop(attached.handle);
+    loopvol_test_support::attach_loop_device(&pool.volume_image_path(&unused));
 
     let stale = create(&pool, "stale");
     let stale_staging = sandbox.path().join("stale");
@@ -74,7 +73,7 @@ fn doctor_finds_and_repairs_what_is_safe() {
     stage(&pool, &lost, &lost_staging);
     fs::remove_file(vols.join(format!("{lost}.json"))).unwrap();
 
-    let kinds = |findings: &[loopvol_backend::doctor::Finding]| {
+    let kinds = |findings: &[loopvol_backend::Finding]| {
         let mut k: Vec<&str> = findings.iter().map(|f| f.kind.as_str()).collect();
         k.sort();
         k
@@ -103,8 +102,9 @@ fn doctor_finds_and_repairs_what_is_safe() {
     assert!(!pool.volume_image_path(&orphan).exists(), "orphan moved away");
     assert_eq!(fs::read_dir(sandbox.path().join("pool/lost+found")).unwrap().count(), 1, "not deleted");
     assert!(!vols.join(".half.img.tmp").exists());
-    assert!(pool.volume(&stale).unwrap().staged.is_none(), "stale staging forgotten");
-    assert!(loopdev::find(&pool.volume_image_path(&unused)).unwrap().is_none());
+    assert!(pool.node_state(&stale).unwrap().staged.is_none(), "stale staging forgotten");
+    let image = pool.volume_image_path(&unused);
+    assert!(!loopvol_test_support::loop_devices().iter().any(|(_, backing)| *backing == image));
 
     let after = kinds(&pool.doctor(false).unwrap());
     assert_eq!(

@@ -11,12 +11,12 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use loopvol_backend::loopdev::{self, AttachOptions};
-use loopvol_backend::mount_options::MountOptions;
-use loopvol_backend::testing::{cleanup_under, eventually, loop_devices, loops_under, privileged, Sandbox};
 use loopvol_backend::{
-    mount, mountinfo, AccessType, CapacityRange, CreateVolume, Error, FsType, Pool, PoolOptions, PublishRequest,
-    Source, StageRequest,
+    AccessType, CapacityRange, CreateVolume, Error, FsType, Lifecycle, Pool, PoolOptions, PublishRequest, Source,
+    StageRequest,
+};
+use loopvol_test_support::{
+    cleanup_under, eventually, loop_devices, loops_under, mount_count, mounts_under, privileged, Sandbox,
 };
 
 const MIB: u64 = 1 << 20;
@@ -38,6 +38,7 @@ fn create_req(name: &str, size: u64, access_type: AccessType, thick: bool) -> Cr
         thick,
         source: None,
         parameters: BTreeMap::new(),
+        lifecycle: Lifecycle::Persistent,
     }
 }
 
@@ -58,7 +59,7 @@ fn publish_req(staging: &Path, target: &Path, access_type: AccessType) -> Publis
 }
 
 fn mounts_at(path: &Path) -> usize {
-    mountinfo::read().unwrap().iter().filter(|m| m.mount_point == path).count()
+    mount_count(path)
 }
 
 fn loops_backed_by(image: &Path) -> usize {
@@ -113,10 +114,9 @@ fn small_fs(sandbox: &Sandbox, size: u64, reserve: u32) -> PathBuf {
     assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
     let mnt = sandbox.path().join("poolfs");
     fs::create_dir(&mnt).unwrap();
-    let attached = loopdev::attach(&img, AttachOptions { autoclear: true, read_only: false }).unwrap();
-    mount::mount_fs(&attached.device.path, &mnt, FsType::Ext4, &MountOptions::parse::<&str>(&[], None).unwrap(), false)
-        .unwrap();
-    drop(attached); // the mount holds the autoclear device now
+    // mount(8) -o loop attaches with autoclear: the unmount frees the device.
+    let out = Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&mnt).output().expect("run mount");
+    assert!(out.status.success(), "mount -o loop: {}", String::from_utf8_lossy(&out.stderr));
     mnt
 }
 
@@ -288,7 +288,7 @@ fn corrupted_superblock_is_a_clear_error_not_a_reformat_or_a_hang() {
     });
     assert_eq!(mounts_at(&v.staging), 0, "nothing is mounted");
     assert!(eventually(|| loops_backed_by(&image) == 0), "no loop device is left behind");
-    assert!(pool.volume(&v.id).unwrap().staged.is_none());
+    assert!(pool.node_state(&v.id).unwrap().staged.is_none());
     assert!(fs::read(&image).unwrap() == before, "the corrupted image is left as it was (never reformatted)");
     assert!(pool.condition(&v.id).is_ok());
 }
@@ -337,7 +337,7 @@ fn reboot_under_a_running_pool_converges() {
     // The "reboot": every mount and loop device vanishes; records stay.
     cleanup_under(&dir);
     assert!(eventually(|| loops_under(&dir) == 0));
-    assert!(mountinfo::read().unwrap().iter().all(|m| !m.mount_point.starts_with(&dir)));
+    assert!(mounts_under(&dir).is_empty());
 
     // Reads converge on the kernel's view.
     assert!(matches!(pool.stats(&a.id, &a.target), Err(Error::NotAtPath { .. })));
@@ -346,7 +346,7 @@ fn reboot_under_a_running_pool_converges() {
     // Start-up reconcile forgets what the kernel no longer backs.
     pool.reconcile_all().unwrap();
     for id in [&a.id, &b.id, &blk] {
-        let vol = pool.volume(id).unwrap();
+        let vol = pool.node_state(id).unwrap();
         assert!(vol.staged.is_none() && vol.published.is_empty(), "{id}: {vol:?}");
     }
     // Kubelet drives every volume back to where it was.
@@ -375,7 +375,7 @@ fn reboot_under_a_running_pool_converges() {
     pool.unpublish(&blk, &blk_target).unwrap();
     pool.unstage(&blk, &blk_staging, false).unwrap();
     for id in [&a.id, &b.id, &blk] {
-        let vol = pool.volume(id).unwrap();
+        let vol = pool.node_state(id).unwrap();
         assert!(vol.staged.is_none() && vol.published.is_empty(), "{id}: {vol:?}");
         pool.delete_volume(id).unwrap();
     }
@@ -478,11 +478,10 @@ fn random_op(pool: &Pool, dir: &Path, ids: &[String], rng: &mut Rng, tag: &str, 
 /// records agree with mountinfo, every successful update is in the catalog.
 #[track_caller]
 fn assert_consistent(pool: &Pool, dir: &Path, ids: &[String], outcome: &Outcome) {
-    let mounts = mountinfo::read().unwrap();
-    let count = |p: &Path| mounts.iter().filter(|m| m.mount_point == p).count();
+    let count = |p: &Path| mount_count(p);
     for id in ids {
         let (staging, targets) = race_paths(dir, id);
-        let vol = pool.volume(id).unwrap();
+        let vol = pool.node_state(id).unwrap();
         let image = pool.volume_image_path(id);
         assert!(count(&staging) <= 1, "{id}: double staging mount");
         assert_eq!(vol.staged.is_some(), count(&staging) == 1, "{id}: staging record vs kernel: {vol:?}");
@@ -499,8 +498,9 @@ fn assert_consistent(pool: &Pool, dir: &Path, ids: &[String], outcome: &Outcome)
             assert!(eventually(|| loops_backed_by(&image) == 0), "{id}: a loop device without a staging mount");
         }
         let want = outcome.expanded.get(id).copied().unwrap_or(64 * MIB).max(64 * MIB);
-        assert_eq!(vol.capacity_bytes, want, "{id}: the largest successful expand is recorded");
-        assert_eq!(fs::metadata(&image).unwrap().len(), vol.capacity_bytes, "{id}: image size = capacity");
+        let capacity = pool.volume(id).unwrap().capacity_bytes;
+        assert_eq!(capacity, want, "{id}: the largest successful expand is recorded");
+        assert_eq!(fs::metadata(&image).unwrap().len(), capacity, "{id}: image size = capacity");
     }
     let names: BTreeSet<String> = pool.snapshots().unwrap().into_iter().map(|s| s.name).collect();
     assert_eq!(names, outcome.snapshots, "every successful snapshot is in the catalog, and only those");
@@ -517,7 +517,7 @@ fn tear_down(pool: &Pool, dir: &Path, ids: &[String]) {
         pool.unstage(id, &staging, false).unwrap();
     }
     assert!(eventually(|| loops_under(dir) == 0), "no loop device leaked");
-    assert!(mountinfo::read().unwrap().iter().all(|m| !m.mount_point.starts_with(dir)), "no mount leaked");
+    assert!(mounts_under(dir).is_empty(), "no mount leaked");
 }
 
 fn race_threads(volumes: usize, threads: usize, ops_per_thread: usize) {

@@ -8,11 +8,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use loopvol_backend::testing::{loops_settle, privileged, Sandbox};
 use loopvol_backend::{
-    mountinfo, AccessType, CapacityRange, CreateVolume, Error, FsType, Pool, PoolOptions, PublishRequest, Source,
+    AccessType, CapacityRange, CreateVolume, Error, FsType, Lifecycle, Pool, PoolOptions, PublishRequest, Source,
     StageRequest,
 };
+use loopvol_test_support::{loops_settle, privileged, Sandbox};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -61,6 +61,7 @@ fn create_req(name: &str, size: u64, fs_type: Option<FsType>, access_type: Acces
         thick: false,
         source: None,
         parameters: BTreeMap::new(),
+        lifecycle: Lifecycle::Persistent,
     }
 }
 
@@ -81,7 +82,7 @@ fn publish_req(staging: &Path, target: &Path, access_type: AccessType, read_only
 }
 
 fn mounts_at(path: &Path) -> usize {
-    mountinfo::read().unwrap().iter().filter(|m| m.mount_point == path).count()
+    loopvol_test_support::mount_count(path)
 }
 
 fn write_file(path: &Path, data: &[u8]) {
@@ -188,7 +189,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
         env.pool.create_volume(&create_req("", GIB, None, AccessType::Mount)),
         Err(Error::InvalidName { .. })
     ));
-    assert!(matches!("ntfs".parse::<FsType>(), Err(Error::UnsupportedFsType(_))));
+    assert!(matches!("ntfs".parse::<FsType>(), Err(Error::UnsupportedFsType { .. })));
     let huge = create_req("huge", 1 << 60, None, AccessType::Mount);
     assert!(matches!(env.pool.create_volume(&huge), Err(Error::Exhausted { .. })));
     let mut range = create_req("range", 2 * GIB, None, AccessType::Mount);
@@ -644,7 +645,7 @@ fn killed_process_leaves_a_catalog_that_reconciles() {
         // kill fell between mount and record write: the retry adopts it.)
         let pool = Pool::open(env.pool.root(), PoolOptions::default()).unwrap();
         pool.reconcile_all().unwrap();
-        let vol = pool.volume(&id).unwrap();
+        let vol = pool.node_state(&id).unwrap();
         assert!(vol.staged.is_none() || mounts_at(&staging) == 1, "after step {kill_after}");
         assert!(!vol.published.contains_key(&target) || mounts_at(&target) == 1, "after step {kill_after}");
         // Drive to the state kubelet wants, then tear down: nothing leaks.
@@ -669,7 +670,7 @@ fn node_reboot_forgets_mounts_and_stages_again() {
     let target = env.publish(&id, &staging, "pod", false);
     write_file(&target.join("f"), b"survives");
     // "Reboot": mounts and loop devices vanish under the pool.
-    loopvol_backend::testing::cleanup_under(&env.sandbox.path());
+    loopvol_test_support::cleanup_under(&env.sandbox.path());
     assert_eq!(mounts_at(&staging), 0);
     assert!(env.pool.condition(&id).unwrap().abnormal, "a vanished staging is abnormal");
     env.pool.unpublish(&id, &target).unwrap();
@@ -693,7 +694,7 @@ fn lost_records_are_adopted_from_the_kernel() {
     let target = env.publish(&id, &staging, "pod", true);
     // Lose the node state, as a power loss caught mid-write would.
     fs::write(env.sandbox.path().join(format!("pool/volumes/{id}.state")), b"").unwrap();
-    assert!(env.pool.volume(&id).unwrap().staged.is_none(), "unreadable node state reads as empty");
+    assert!(env.pool.node_state(&id).unwrap().staged.is_none(), "unreadable node state reads as empty");
     env.pool.stage(&id, &stage_req(&staging, AccessType::Mount, false)).unwrap();
     assert!(matches!(
         env.pool.publish(&id, &publish_req(&staging, &target, AccessType::Mount, false)),
@@ -702,7 +703,7 @@ fn lost_records_are_adopted_from_the_kernel() {
     env.pool.publish(&id, &publish_req(&staging, &target, AccessType::Mount, true)).unwrap();
     assert_eq!(mounts_at(&staging), 1);
     assert_eq!(mounts_at(&target), 1);
-    assert!(env.pool.volume(&id).unwrap().published.contains_key(&target));
+    assert!(env.pool.node_state(&id).unwrap().published.contains_key(&target));
     env.pool.unpublish(&id, &target).unwrap();
     env.pool.unstage(&id, &staging, false).unwrap();
     assert_eq!(loops_settle(&env.sandbox.path(), 0), 0);
@@ -719,8 +720,9 @@ fn reconcile_removes_temp_files_of_dead_writers_only() {
     // A writer at work holds its volume's lock; its temp file stays.
     let busy = vols.join(".busy.img.tmp");
     fs::write(&busy, b"in progress").unwrap();
-    let _writer =
-        loopvol_backend::lock::acquire(&env.sandbox.path().join("pool/locks"), "vol.busy", Duration::ZERO).unwrap();
+    // (the pool's lock files: an flock on <pool>/locks/vol.<id>.lock)
+    let lock_file = fs::File::create(env.sandbox.path().join("pool/locks/vol.busy.lock")).unwrap();
+    let _writer = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
     env.pool.reconcile_all().unwrap();
     for p in &dead {
         assert!(!p.exists(), "{} removed", p.display());

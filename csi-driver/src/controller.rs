@@ -2,10 +2,11 @@
 //! node that owns the pool (external-provisioner in `--node-deployment`
 //! mode): no ControllerPublish, topology pins every volume to this node.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use loopvol_backend::{AccessType, CapacityRange, CreateVolume, FsType, Snapshot, Source, Volume};
+use loopvol_backend::params::{Dialect, VolumeParams};
+use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Lifecycle, Snapshot, Source, Volume};
 use loopvol_proto::v1 as csi;
 use loopvol_proto::v1::controller_server::Controller;
 use loopvol_proto::v1::controller_service_capability::rpc::Type as CapType;
@@ -17,48 +18,11 @@ use crate::capability;
 use crate::driver::{bytes, required, timestamp, to_i64, Driver};
 use crate::pagination;
 
-/// StorageClass parameters loopvol understands.
-pub const PARAM_FS_TYPE: &str = "fsType";
-pub const PARAM_THICK: &str = "thick";
-/// Keys the sidecars add (`csi.storage.k8s.io/pv/name`, `.../fstype`, ...).
-pub const K8S_PREFIX: &str = "csi.storage.k8s.io/";
-const K8S_FS_TYPE: &str = "csi.storage.k8s.io/fstype";
-
 pub struct ControllerService(pub Arc<Driver>);
 
-/// The StorageClass parameters of a create, checked.
-#[derive(Debug, Default)]
-pub struct Parameters {
-    pub fs_type: Option<FsType>,
-    pub thick: bool,
-    /// What the volume record keeps (the sidecars' keys are dropped).
-    pub kept: BTreeMap<String, String>,
-}
-
-pub fn parse_parameters(params: &HashMap<String, String>) -> Result<Parameters, Status> {
-    let mut out = Parameters::default();
-    for (key, value) in params {
-        match key.as_str() {
-            PARAM_FS_TYPE | K8S_FS_TYPE => {
-                if !value.is_empty() {
-                    out.fs_type = Some(value.parse().map_err(crate::status::to_status)?);
-                }
-            }
-            PARAM_THICK => {
-                out.thick = match value.as_str() {
-                    "true" => true,
-                    "false" | "" => false,
-                    other => {
-                        return Err(Status::invalid_argument(format!("parameter thick={other:?}: want true or false")))
-                    }
-                };
-            }
-            k if k.starts_with(K8S_PREFIX) => continue,
-            other => return Err(Status::invalid_argument(format!("unknown parameter {other:?}"))),
-        }
-        out.kept.insert(key.clone(), value.clone());
-    }
-    Ok(out)
+/// The StorageClass parameters of a request, checked by the backend's one parser.
+fn storage_class(params: &HashMap<String, String>) -> Result<VolumeParams, Status> {
+    VolumeParams::parse_map(params, Dialect::StorageClass).map_err(crate::status::to_status)
 }
 
 fn csi_source(source: &Option<Source>) -> Option<csi::VolumeContentSource> {
@@ -119,7 +83,7 @@ impl Controller for ControllerService {
         let req = req.into_inner();
         required(&req.name, "name")?;
         let wanted = capability::require_all(&req.volume_capabilities)?;
-        let params = parse_parameters(&req.parameters)?;
+        let params = storage_class(&req.parameters)?;
         let range = req.capacity_range.unwrap_or_default();
         let capacity = CapacityRange {
             required: bytes(range.required_bytes, "required_bytes")?,
@@ -151,9 +115,10 @@ impl Controller for ControllerService {
                 AccessType::Block => None,
             },
             access_type: wanted.access_type,
-            thick: params.thick,
+            thick: params.thick.unwrap_or(false),
             source,
             parameters: params.kept,
+            lifecycle: Lifecycle::Persistent,
         };
         let vol = self.0.run(move |pool| pool.create_volume(&create)).await?;
         Ok(Response::new(csi::CreateVolumeResponse { volume: Some(self.csi_volume(&vol)) }))
@@ -427,7 +392,7 @@ impl Controller for ControllerService {
 /// Parameters of requests that only check them (ValidateVolumeCapabilities,
 /// GetCapacity) follow the CreateVolume rules.
 fn params_ok(params: &HashMap<String, String>) -> Result<(), Status> {
-    parse_parameters(params).map(|_| ())
+    storage_class(params).map(|_| ())
 }
 
 #[cfg(test)]
@@ -441,12 +406,12 @@ mod tests {
             ("thick".to_string(), "true".to_string()),
             ("csi.storage.k8s.io/pv/name".to_string(), "pv-1".to_string()),
         ]);
-        let p = parse_parameters(&params).unwrap();
-        assert_eq!((p.fs_type, p.thick), (Some(FsType::Xfs), true));
+        let p = storage_class(&params).unwrap();
+        assert_eq!((p.fs_type, p.thick), (Some(loopvol_backend::FsType::Xfs), Some(true)));
         assert!(!p.kept.contains_key("csi.storage.k8s.io/pv/name"));
         for bad in [("color", "blue"), ("thick", "yes"), ("fsType", "ntfs")] {
             let params = HashMap::from([(bad.0.to_string(), bad.1.to_string())]);
-            assert_eq!(parse_parameters(&params).unwrap_err().code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert_eq!(storage_class(&params).unwrap_err().code(), tonic::Code::InvalidArgument, "{bad:?}");
         }
     }
 }

@@ -213,11 +213,7 @@ pub struct PoolStats {
 impl PoolStats {
     pub fn read(pool: &Pool) -> loopvol_backend::Result<PoolStats> {
         let capacity = pool.capacity()?;
-        let volumes_dir = pool.root().join("volumes");
-        let loop_devices = loopvol_backend::loopdev::backing_files()
-            .iter()
-            .filter(|(_, backing)| backing.parent() == Some(volumes_dir.as_path()))
-            .count();
+        let loop_devices = pool.attached_devices()?.len();
         Ok(PoolStats {
             capacity: capacity.total_bytes,
             available: capacity.available_bytes,

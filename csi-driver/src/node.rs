@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Error, Pool, PublishRequest, StageRequest};
+use loopvol_backend::params::{Dialect, VolumeParams};
+use loopvol_backend::{
+    AccessType, CapacityRange, CreateVolume, Error, Lifecycle, Pool, PrivateMount, PublishRequest, StageRequest,
+};
 use loopvol_proto::v1 as csi;
 use loopvol_proto::v1::node_server::Node;
 use loopvol_proto::v1::node_service_capability::rpc::Type as CapType;
@@ -13,15 +16,11 @@ use loopvol_proto::v1::node_service_capability::{Rpc, Type as OneOf};
 use loopvol_proto::v1::volume_usage::Unit;
 use tonic::{Request, Response, Status};
 
-use crate::capability::{self, Wanted};
-use crate::controller::{K8S_PREFIX, PARAM_FS_TYPE, PARAM_THICK};
+use crate::capability;
 use crate::driver::{bytes, required, to_i64, Driver};
 
-/// volume_context key kubelet sets for CSI ephemeral inline volumes; the
-/// volume record keeps it as a parameter so unpublish knows to delete.
+/// volume_context key kubelet sets for CSI ephemeral inline volumes.
 pub const EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
-/// volume_context key of an ephemeral volume's size (a Kubernetes quantity).
-pub const ATTR_SIZE: &str = "size";
 
 pub struct NodeService(pub Arc<Driver>);
 
@@ -37,72 +36,41 @@ fn is_ephemeral(context: &HashMap<String, String>) -> bool {
     context.get(EPHEMERAL).is_some_and(|v| v == "true")
 }
 
-/// The create request of an ephemeral volume from its volume attributes.
-fn ephemeral_create(id: &str, context: &HashMap<String, String>, wanted: &Wanted) -> Result<CreateVolume, Status> {
-    if wanted.access_type != AccessType::Mount {
+/// The private mount of an ephemeral volume: its volume attributes (checked
+/// by the backend's one parser) and the publish request.
+fn ephemeral_mount(
+    id: &str,
+    context: &HashMap<String, String>,
+    publish: PublishRequest,
+) -> Result<PrivateMount, Status> {
+    if publish.access_type != AccessType::Mount {
         return Err(Status::invalid_argument("ephemeral volumes are mount volumes"));
     }
-    let mut required_bytes = 0;
-    let mut fs_type = wanted.fs_type;
-    let mut thick = false;
-    for (key, value) in context {
-        match key.as_str() {
-            ATTR_SIZE => {
-                required_bytes = loopvol_backend::quantity::parse(value.trim())
-                    .map_err(|e| Status::invalid_argument(format!("size {value:?} is not a quantity like 1Gi: {e}")))?;
-            }
-            PARAM_FS_TYPE if !value.is_empty() => fs_type = Some(value.parse().map_err(crate::status::to_status)?),
-            PARAM_FS_TYPE => {}
-            PARAM_THICK => thick = value == "true",
-            k if k.starts_with(K8S_PREFIX) => {}
-            other => return Err(Status::invalid_argument(format!("unknown volume attribute {other:?}"))),
-        }
-    }
-    Ok(CreateVolume {
-        name: id.to_string(),
-        id: Some(id.to_string()),
-        capacity: CapacityRange { required: required_bytes, limit: 0 },
-        fs_type,
-        access_type: AccessType::Mount,
-        thick,
-        source: None,
-        parameters: BTreeMap::from([(EPHEMERAL.to_string(), "true".to_string())]),
+    let attrs = VolumeParams::parse_map(context, Dialect::EphemeralVolume).map_err(crate::status::to_status)?;
+    Ok(PrivateMount {
+        volume: CreateVolume {
+            name: id.to_string(),
+            id: Some(id.to_string()),
+            capacity: CapacityRange { required: attrs.size.unwrap_or(0), limit: 0 },
+            // The attribute names the filesystem to make; the capability's
+            // fs type, when set, must then match it.
+            fs_type: attrs.fs_type.or(publish.fs_type),
+            access_type: AccessType::Mount,
+            thick: attrs.thick.unwrap_or(false),
+            source: None,
+            parameters: BTreeMap::new(),
+            lifecycle: Lifecycle::Ephemeral,
+        },
+        create: true,
+        // The pool's own staging directory: kubelet gives ephemeral volumes none.
+        staging_root: None,
+        target_path: publish.target_path,
+        fs_type: publish.fs_type,
+        read_only: publish.read_only,
+        stage_mount_options: publish.mount_options.clone(),
+        publish_mount_options: publish.mount_options,
+        exclusive: publish.exclusive,
     })
-}
-
-/// Create, stage at a pool-owned directory, publish. A failure undoes what it
-/// can, so kubelet's retry starts clean and nothing leaks.
-fn publish_ephemeral(pool: &Pool, create: &CreateVolume, mut publish: PublishRequest) -> loopvol_backend::Result<()> {
-    let vol = pool.create_volume(create)?;
-    publish.staging_path = pool.internal_staging_path(&vol.id)?;
-    let stage = StageRequest {
-        staging_path: publish.staging_path.clone(),
-        access_type: AccessType::Mount,
-        fs_type: Some(vol.fs_type),
-        read_only: false,
-        mount_options: publish.mount_options.clone(),
-    };
-    let result = pool.stage(&vol.id, &stage).and_then(|_| pool.publish(&vol.id, &publish));
-    if let Err(e) = result {
-        let _ = pool.unpublish(&vol.id, &publish.target_path);
-        drop_ephemeral(pool, &vol.id);
-        return Err(e);
-    }
-    Ok(())
-}
-
-/// Unstages and deletes an ephemeral volume once nothing uses it.
-fn drop_ephemeral(pool: &Pool, id: &str) {
-    let outcome = pool.users(id).and_then(|users| {
-        if !users.is_empty() {
-            return Ok(());
-        }
-        pool.unstage(id, &pool.internal_staging_path(id)?, true)?;
-        pool.delete_volume(id)
-    });
-    if let Err(e) = outcome {
-        tracing::warn!(volume = %id, error = %e, "ephemeral volume left in place");
-    }
 }
 
 fn usage(unit: Unit, total: u64, used: u64, available: u64) -> csi::VolumeUsage {
@@ -160,8 +128,8 @@ impl Node for NodeService {
         let id = required(&req.volume_id, "volume_id")?.to_string();
         let target = PathBuf::from(required(&req.target_path, "target_path")?);
         let wanted = capability::require(req.volume_capability.as_ref())?;
-        let mut publish = PublishRequest {
-            staging_path: PathBuf::new(),
+        let publish = PublishRequest {
+            staging_path: PathBuf::from(&req.staging_target_path),
             target_path: target,
             access_type: wanted.access_type,
             fs_type: wanted.fs_type,
@@ -170,10 +138,10 @@ impl Node for NodeService {
             exclusive: wanted.exclusive(),
         };
         if is_ephemeral(&req.volume_context) {
-            let create = ephemeral_create(&id, &req.volume_context, &wanted)?;
-            self.0.run(move |pool| publish_ephemeral(pool, &create, publish)).await?;
+            let mount = ephemeral_mount(&id, &req.volume_context, publish)?;
+            self.0.run(move |pool| pool.mount_private(&mount)).await?;
         } else {
-            publish.staging_path = PathBuf::from(required(&req.staging_target_path, "staging_target_path")?);
+            required(&req.staging_target_path, "staging_target_path")?;
             self.0.run(move |pool| pool.publish(&id, &publish)).await?;
         }
         Ok(Response::new(csi::NodePublishVolumeResponse {}))
@@ -186,18 +154,13 @@ impl Node for NodeService {
         let req = req.into_inner();
         let id = required(&req.volume_id, "volume_id")?.to_string();
         let target = PathBuf::from(required(&req.target_path, "target_path")?);
+        // An ephemeral volume is released with its target (the backend knows
+        // its lifecycle).
         self.0
-            .run(move |pool| {
-                match pool.unpublish(&id, &target) {
-                    Ok(()) => {}
-                    // A retry after the ephemeral volume is gone: nothing left to do.
-                    Err(Error::VolumeNotFound(_)) if std::fs::symlink_metadata(&target).is_err() => return Ok(()),
-                    Err(e) => return Err(e),
-                }
-                if pool.volume(&id)?.parameters.get(EPHEMERAL).is_some_and(|v| v == "true") {
-                    drop_ephemeral(pool, &id);
-                }
-                Ok(())
+            .run(move |pool| match pool.unpublish(&id, &target) {
+                // A retry after the ephemeral volume is gone: nothing left to do.
+                Err(Error::VolumeNotFound(_)) if std::fs::symlink_metadata(&target).is_err() => Ok(()),
+                other => other,
             })
             .await?;
         Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
@@ -288,10 +251,17 @@ impl Node for NodeService {
 mod tests {
     use super::*;
     use loopvol_backend::FsType;
-    use loopvol_proto::v1::volume_capability::access_mode::Mode;
 
-    fn mount_rw() -> Wanted {
-        Wanted { access_type: AccessType::Mount, mode: Mode::SingleNodeWriter, fs_type: None, mount_flags: vec![] }
+    fn publish() -> PublishRequest {
+        PublishRequest {
+            staging_path: PathBuf::new(),
+            target_path: PathBuf::from("/t"),
+            access_type: AccessType::Mount,
+            fs_type: None,
+            read_only: false,
+            mount_options: vec![],
+            exclusive: true,
+        }
     }
 
     #[test]
@@ -300,17 +270,24 @@ mod tests {
             (EPHEMERAL.to_string(), "true".to_string()),
             ("size".to_string(), "2Gi".to_string()),
             ("fsType".to_string(), "btrfs".to_string()),
+            ("thick".to_string(), "TRUE".to_string()),
             ("csi.storage.k8s.io/pod.name".to_string(), "p".to_string()),
         ]);
         assert!(is_ephemeral(&ctx));
-        let c = ephemeral_create("csi-abc", &ctx, &mount_rw()).unwrap();
+        let m = ephemeral_mount("csi-abc", &ctx, publish()).unwrap();
+        let c = &m.volume;
         assert_eq!((c.capacity.required, c.fs_type, c.id.as_deref()), (2 << 30, Some(FsType::Btrfs), Some("csi-abc")));
-        assert_eq!(c.parameters.get(EPHEMERAL).map(String::as_str), Some("true"));
+        // The one boolean rule: "TRUE" is true (it silently meant false here before).
+        assert!(c.thick);
+        assert_eq!(c.lifecycle, Lifecycle::Ephemeral);
+        assert!(c.parameters.is_empty());
         let bad = HashMap::from([("size".to_string(), "lots".to_string())]);
-        assert!(ephemeral_create("v", &bad, &mount_rw()).is_err());
+        assert!(ephemeral_mount("v", &bad, publish()).is_err());
         let unknown = HashMap::from([("colour".to_string(), "red".to_string())]);
-        assert!(ephemeral_create("v", &unknown, &mount_rw()).is_err());
-        let block = Wanted { access_type: AccessType::Block, ..mount_rw() };
-        assert!(ephemeral_create("v", &HashMap::new(), &block).is_err());
+        assert!(ephemeral_mount("v", &unknown, publish()).is_err());
+        let yes = HashMap::from([("thick".to_string(), "yes".to_string())]);
+        assert_eq!(ephemeral_mount("v", &yes, publish()).unwrap_err().code(), tonic::Code::InvalidArgument);
+        let block = PublishRequest { access_type: AccessType::Block, ..publish() };
+        assert!(ephemeral_mount("v", &HashMap::new(), block).is_err());
     }
 }

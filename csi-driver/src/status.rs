@@ -10,10 +10,11 @@ pub fn to_status(err: Error) -> Status {
         // Bad input.
         Error::InvalidId { .. }
         | Error::InvalidName { .. }
-        | Error::UnsupportedFsType(_)
+        | Error::UnsupportedFsType { .. }
         | Error::MountOptionNotAllowed { .. }
         | Error::InvalidPath { .. }
-        | Error::InvalidArgument(_) => Code::InvalidArgument,
+        | Error::InvalidArgument(_)
+        | Error::InvalidParameter { .. } => Code::InvalidArgument,
         // Lookups.
         Error::VolumeNotFound(_) | Error::SnapshotNotFound(_) | Error::NotAtPath { .. } => Code::NotFound,
         // Same name or path, different arguments.

@@ -6,9 +6,8 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use loopvol_backend::loopdev::{self, AttachOptions};
-use loopvol_backend::testing::{privileged, Sandbox};
 use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Pool, PoolOptions, StageRequest};
+use loopvol_test_support::{privileged, Sandbox};
 use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_loopvol-csi");
@@ -49,6 +48,7 @@ fn create(pool: &Pool, name: &str) -> String {
         thick: false,
         source: None,
         parameters: BTreeMap::new(),
+        lifecycle: loopvol_backend::Lifecycle::Persistent,
     };
     pool.create_volume(&req).unwrap().id
 }
@@ -65,14 +65,14 @@ fn stage(pool: &Pool, id: &str, staging: &Path) {
 }
 
 fn mounted(path: &Path) -> bool {
-    loopvol_backend::mountinfo::read().unwrap().iter().any(|m| m.mount_point == path)
+    loopvol_test_support::mount_count(path) > 0
 }
 
 /// The kernel frees an autoclear loop device shortly after its last user
 /// (the mount) is gone: wait for that (a readiness wait, not a timing check).
 fn wait_detached(image: &Path) {
     for _ in 0..500 {
-        if loopdev::find(image).unwrap().is_none() {
+        if !attached(image) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -126,7 +126,7 @@ fn doctor_finds_everything_and_repair_fixes_what_is_safe() {
     fs::write(vols.join(".half.img.tmp"), b"partial").unwrap();
     // A loop device nothing uses.
     let unused = create(&pool, "unused-loop");
-    drop(loopdev::attach(&pool.volume_image_path(&unused), AttachOptions::default()).unwrap().handle);
+    loopvol_test_support::attach_loop_device(&pool.volume_image_path(&unused));
     // A staging unmounted behind the records' back.
     let stale = create(&pool, "stale");
     let stale_staging = sandbox.path().join("stale");
@@ -180,8 +180,8 @@ fn doctor_finds_everything_and_repair_fixes_what_is_safe() {
     assert!(!vols.join(".half.img.tmp").exists());
     assert!(!pool.volume_image_path(&orphan).exists(), "orphan moved to lost+found");
     assert_eq!(fs::read_dir(pool.root().join("lost+found")).unwrap().count(), 1, "moved, not deleted");
-    assert!(loopdev::find(&pool.volume_image_path(&unused)).unwrap().is_none());
-    assert!(pool.volume(&stale).unwrap().staged.is_none());
+    assert!(!attached(&pool.volume_image_path(&unused)));
+    assert!(pool.node_state(&stale).unwrap().staged.is_none());
     assert!(mounted(&healthy_staging) && mounted(&lost_staging), "mounts are never taken away");
 
     // What remains is what must be left to a human; the table says so.
@@ -209,7 +209,7 @@ fn repair_of_only_safe_problems_exits_0() {
     let sandbox = Sandbox::new();
     let pool = Pool::open(&sandbox.path().join("pool"), PoolOptions::default()).unwrap();
     let unused = create(&pool, "unused-loop");
-    drop(loopdev::attach(&pool.volume_image_path(&unused), AttachOptions::default()).unwrap().handle);
+    loopvol_test_support::attach_loop_device(&pool.volume_image_path(&unused));
     fs::write(pool.root().join("snapshots/.snap-x.img.tmp"), b"partial").unwrap();
 
     assert_eq!(doctor(pool.root(), &[]).status.code(), Some(1));
@@ -219,4 +219,9 @@ fn repair_of_only_safe_problems_exits_0() {
     assert_eq!(kinds(&r), [("temp-file".to_string(), true), ("unused-loop-device".to_string(), true)]);
     assert_eq!(r["remaining"], 0);
     assert_eq!(doctor(pool.root(), &[]).status.code(), Some(0));
+}
+
+/// Whether a loop device is backed by `image`.
+fn attached(image: &Path) -> bool {
+    loopvol_test_support::loop_devices().iter().any(|(_, backing)| backing == image)
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use loopvol_backend::testing::{privileged, Sandbox};
 use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Pool, PoolOptions, StageRequest};
+use loopvol_test_support::{privileged, Sandbox};
 use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_loopvol-csi");
@@ -37,6 +37,7 @@ fn create(pool: &Pool, name: &str, size: u64) -> String {
         thick: false,
         source: None,
         parameters: BTreeMap::from([("fsType".to_string(), "ext4".to_string())]),
+        lifecycle: loopvol_backend::Lifecycle::Persistent,
     };
     pool.create_volume(&req).unwrap().id
 }
@@ -175,5 +176,5 @@ fn inspect_shows_the_live_state_of_a_staged_volume() {
     let vol = json(&cli(pool.root(), &["inspect", &id, "-o", "json"]));
     assert_eq!(vol["staging"]["live"], false, "{vol}");
     assert_eq!(vol["condition"]["abnormal"], true, "{vol}");
-    assert!(pool.volume(&id).unwrap().staged.is_some(), "inspect changes nothing");
+    assert!(pool.node_state(&id).unwrap().staged.is_some(), "inspect changes nothing");
 }

@@ -139,3 +139,50 @@ fn input_that_is_not_a_loopvol_flexvolume_pv_fails() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading /nonexistent/pv.yaml"), "{out:?}");
 }
+
+/// A PV with a blank fsType holds what the FlexVolume driver made: the pool's
+/// record says which (it used to come out as ext4 whatever the node's
+/// FlexVolume config said, and the CSI stage was then refused).
+#[test]
+fn a_blank_fs_type_comes_from_the_pool_record_or_the_flexvolume_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool_dir = dir.path().join("pool");
+    let pool = loopvol_backend::Pool::open(&pool_dir, loopvol_backend::PoolOptions::default()).unwrap();
+    pool.create_volume(&loopvol_backend::CreateVolume {
+        name: "xfs-data".into(),
+        id: Some("xfs-data".into()),
+        capacity: loopvol_backend::CapacityRange { required: 300 << 20, limit: 0 },
+        fs_type: Some(loopvol_backend::FsType::Xfs),
+        access_type: loopvol_backend::AccessType::Mount,
+        thick: false,
+        source: None,
+        parameters: Default::default(),
+        lifecycle: loopvol_backend::Lifecycle::Persistent,
+    })
+    .unwrap();
+    let pv = "kind: PersistentVolume\nmetadata: {name: xfs-data}\nspec:\n  capacity: {storage: 300Mi}\n  \
+              accessModes: [ReadWriteOnce]\n  flexVolume: {driver: loopvol/loopvol}\n";
+    let pool_arg = pool_dir.to_str().unwrap();
+    let out = migrate(&["--pool", pool_arg, "--node", "n1"], Some(pv.as_bytes()));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("xfs from the pool's record"), "{out:?}");
+    let doc = &yaml_docs(&String::from_utf8(out.stdout).unwrap())[0];
+    assert_eq!(doc["spec"]["csi"]["fsType"], "xfs");
+    assert_eq!(doc["spec"]["storageClassName"], "loopvol-xfs");
+
+    // Not in this pool: the FlexVolume config's defaultFsType.
+    let config = dir.path().join(".loopvol.json");
+    std::fs::write(&config, r#"{"defaultFsType": "xfs"}"#).unwrap();
+    let other = pv.replace("name: xfs-data", "name: elsewhere");
+    let out = migrate(&["--node", "n1", "--flex-config", config.to_str().unwrap()], Some(other.as_bytes()));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(yaml_docs(&String::from_utf8(out.stdout).unwrap())[0]["spec"]["csi"]["fsType"], "xfs");
+    // The pool's record wins over the config.
+    let ext4_config = dir.path().join("ext4.json");
+    std::fs::write(&ext4_config, r#"{"defaultFsType": "ext4"}"#).unwrap();
+    let out = migrate(
+        &["--pool", pool_arg, "--node", "n1", "--flex-config", ext4_config.to_str().unwrap()],
+        Some(pv.as_bytes()),
+    );
+    assert_eq!(yaml_docs(&String::from_utf8(out.stdout).unwrap())[0]["spec"]["csi"]["fsType"], "xfs");
+}

@@ -82,7 +82,7 @@ impl Table {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_spec_code_and_change_nothing() {
-    if !loopvol_backend::testing::privileged("bad_requests_get_the_spec_code_and_change_nothing") {
+    if !loopvol_test_support::privileged("bad_requests_get_the_spec_code_and_change_nothing") {
         return;
     }
     let mut s = Server::start().await;

@@ -275,7 +275,7 @@ fn no_temp_images(pool: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_every_step_the_server_converges_after_a_restart() {
-    if !loopvol_backend::testing::privileged("killed_at_every_step_the_server_converges_after_a_restart") {
+    if !loopvol_test_support::privileged("killed_at_every_step_the_server_converges_after_a_restart") {
         return;
     }
     let trials: usize = std::env::var("LOOPVOL_CSI_CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(108);
@@ -366,9 +366,13 @@ async fn killed_at_every_step_the_server_converges_after_a_restart() {
         // The catalog agrees with the kernel: staged and published where the
         // kernel says, once each, on one loop device.
         let rec = record(&w.pool, &id);
-        assert_eq!(rec.staged.as_ref().map(|st| st.staging_path.clone()), Some(staging.clone()), "{what}: {rec:?}");
-        let published: Vec<&PathBuf> = rec.published.keys().collect();
-        assert_eq!(published, [&target], "{what}: {rec:?}");
+        let state = loopvol_backend::Pool::open(&w.pool, loopvol_backend::PoolOptions::default())
+            .unwrap()
+            .node_state(&id)
+            .unwrap();
+        assert_eq!(state.staged.as_ref().map(|st| st.staging_path.clone()), Some(staging.clone()), "{what}: {state:?}");
+        let published: Vec<&PathBuf> = state.published.keys().collect();
+        assert_eq!(published, [&target], "{what}: {state:?}");
         assert_eq!(rec.capacity_bytes, u64::try_from(size).unwrap(), "{what}: the last expansion is recorded");
         assert!(!rec.fs_grow_pending, "{what}: the filesystem was grown");
         let mut mounts = mounts_under(&w.root);

@@ -16,7 +16,7 @@ use tonic::Code;
 
 macro_rules! privileged {
     ($name:expr) => {
-        if !loopvol_backend::testing::privileged($name) {
+        if !loopvol_test_support::privileged($name) {
             return;
         }
     };

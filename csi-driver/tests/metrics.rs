@@ -125,7 +125,7 @@ async fn metrics_count_rpcs_by_method_and_code_and_report_the_pool() {
 
 #[tokio::test]
 async fn metrics_count_the_pools_attached_loop_devices() {
-    if !loopvol_backend::testing::privileged("metrics_count_the_pools_attached_loop_devices") {
+    if !loopvol_test_support::privileged("metrics_count_the_pools_attached_loop_devices") {
         return;
     }
     let mut s = Server::start_with(&["--metrics-address", "127.0.0.1:0"]).await;

@@ -67,5 +67,5 @@ fn main() {
         })
         .collect();
     println!("mount+unmount pair median {:?}", median(pairs));
-    loopvol_backend::testing::cleanup_under(&root);
+    loopvol_test_support::cleanup_under(&root);
 }

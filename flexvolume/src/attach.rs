@@ -15,7 +15,6 @@ pub fn attach(ctx: &Ctx, json: &str, node: &str) -> FlexResult<Reply> {
     let id = opts.id()?;
     let node = node_name(node)?;
     log::info(format_args!("attach {id} to node {node}: {}", opts.summary()));
-    let _guard = ctx.lock(&id)?;
     ctx.ensure_volume(&id, &opts)?;
     ctx.pool.attach_to_node(&id, node)?;
     Ok(Reply::device(format!("{TOKEN_PREFIX}{id}")))
@@ -47,7 +46,6 @@ pub fn detach(ctx: &Ctx, name: &str, node: &str) -> FlexResult<Reply> {
         return Ok(Reply::success());
     };
     log::info(format_args!("detach {} from node {node}", volume.id));
-    let _guard = ctx.lock(&volume.id)?;
     ctx.pool.detach_from_node(&volume.id, node)?;
     Ok(Reply::success())
 }

@@ -151,17 +151,9 @@ impl Config {
     }
 
     /// Staging mounts of the attach:false flow.
-    pub fn staging_dir(&self, id: &str) -> PathBuf {
-        self.state_dir.join("staging").join(id)
-    }
-
-    pub fn locks_dir(&self) -> PathBuf {
-        self.state_dir.join("locks")
-    }
-
-    /// Per-target records (which volume a pod dir got), a hint for teardown.
-    pub fn targets_dir(&self) -> PathBuf {
-        self.state_dir.join("targets")
+    /// Where volumes are staged (attach: false): `<staging root>/<id>`.
+    pub fn staging_root(&self) -> PathBuf {
+        self.state_dir.join("staging")
     }
 
     pub fn log_path(&self) -> PathBuf {

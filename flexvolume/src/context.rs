@@ -1,13 +1,12 @@
-//! What every call but `init` shares: the config, the open pool, the
-//! per-volume lock of this driver, and the per-target records.
+//! What every call but `init` shares: the config and the open pool. The
+//! pool takes its own locks (one per operation, whole lifecycles included),
+//! so the calls that race as separate processes need none of their own.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use loopvol_backend::lock::{self, Guard};
-use loopvol_backend::{id, record, AccessType, CapacityRange, CreateVolume, Error, Pool, PoolOptions, Volume};
-use serde::{Deserialize, Serialize};
+use loopvol_backend::{id, AccessType, CapacityRange, CreateVolume, Error, Lifecycle, Pool, PoolOptions, Volume};
 
 use crate::config::Config;
 use crate::log;
@@ -24,14 +23,6 @@ pub struct Ctx {
     pub pool: Pool,
 }
 
-/// Which volume a pod dir (or global dir) got: a teardown hint for when the
-/// kernel no longer tells (see `unmount`). Keyed by a hash of the path.
-#[derive(Debug, Serialize, Deserialize)]
-struct TargetRecord {
-    target: PathBuf,
-    id: String,
-}
-
 impl Ctx {
     pub fn open(config: Config) -> FlexResult<Ctx> {
         let options =
@@ -40,13 +31,25 @@ impl Ctx {
         Ok(Ctx { config, pool })
     }
 
-    /// Serialises this driver's multi-step sequences on one volume (stage then
-    /// publish, unpublish then unstage) across processes; the backend locks
-    /// each single step itself.
-    pub fn lock(&self, id: &str) -> FlexResult<Guard> {
-        let dir = self.config.locks_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Io { op: "create lock dir", path: dir.clone(), source: e })?;
-        Ok(lock::acquire(&dir, &format!("vol-{id}"), LOCK_WAIT)?)
+    /// How a volume these options name is created on first use.
+    pub fn create_request(&self, id: &str, opts: &Options) -> CreateVolume {
+        let mut parameters = BTreeMap::new();
+        if let Some(pv) = &opts.pv_or_volume_name {
+            // `detach` gets only the PV name (spec P6); remember it.
+            parameters.insert(PV_OR_VOLUME_NAME.to_string(), pv.clone());
+        }
+        CreateVolume {
+            // The name is the ID: inline volume names ("data") repeat across pods.
+            name: id.to_string(),
+            id: Some(id.to_string()),
+            capacity: CapacityRange { required: opts.size.unwrap_or(self.config.default_size), limit: 0 },
+            fs_type: Some(opts.fs_type_or(&self.config)),
+            access_type: AccessType::Mount,
+            thick: opts.thick,
+            source: None,
+            parameters,
+            lifecycle: Lifecycle::Persistent,
+        }
     }
 
     /// The volume, created on first use unless `create` is "false".
@@ -54,61 +57,11 @@ impl Ctx {
         match self.pool.volume(id) {
             Ok(volume) => Ok(volume),
             Err(Error::VolumeNotFound(_)) if opts.create => {
-                let mut parameters = BTreeMap::new();
-                if let Some(pv) = &opts.pv_or_volume_name {
-                    // `detach` gets only the PV name (spec P6); remember it.
-                    parameters.insert(PV_OR_VOLUME_NAME.to_string(), pv.clone());
-                }
-                let req = CreateVolume {
-                    // The name is the ID: inline volume names ("data") repeat across pods.
-                    name: id.to_string(),
-                    id: Some(id.to_string()),
-                    capacity: CapacityRange { required: opts.size.unwrap_or(self.config.default_size), limit: 0 },
-                    fs_type: Some(opts.fs_type_or(&self.config)),
-                    access_type: AccessType::Mount,
-                    thick: opts.thick,
-                    source: None,
-                    parameters,
-                };
-                let volume = self.pool.create_volume(&req)?;
+                let volume = self.pool.create_volume(&self.create_request(id, opts))?;
                 log::info(format_args!("created volume {id} ({} bytes, {})", volume.capacity_bytes, volume.fs_type));
                 Ok(volume)
             }
             Err(e) => Err(e.into()),
-        }
-    }
-
-    fn target_record_path(&self, target: &Path) -> PathBuf {
-        let key = id::from_name("t-", &target.to_string_lossy());
-        self.config.targets_dir().join(format!("{key}.json"))
-    }
-
-    pub fn remember_target(&self, target: &Path, id: &str) {
-        let dir = self.config.targets_dir();
-        let rec = TargetRecord { target: target.to_path_buf(), id: id.to_string() };
-        let result = std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::Io { op: "create records dir", path: dir, source: e })
-            .and_then(|()| record::write(&self.target_record_path(target), &rec));
-        if let Err(e) = result {
-            // Only a hint: teardown works from the mount table without it.
-            log::warn(format_args!("cannot record target {}: {e}", target.display()));
-        }
-    }
-
-    pub fn recorded_target(&self, target: &Path) -> Option<String> {
-        match record::read::<TargetRecord>(&self.target_record_path(target)) {
-            Ok(Some(rec)) if rec.target == target && id::validate(&rec.id).is_ok() => Some(rec.id),
-            Ok(_) => None,
-            Err(e) => {
-                log::warn(format_args!("ignoring target record of {}: {e}", target.display()));
-                None
-            }
-        }
-    }
-
-    pub fn forget_target(&self, target: &Path) {
-        if let Err(e) = record::remove(&self.target_record_path(target)) {
-            log::warn(format_args!("cannot remove target record of {}: {e}", target.display()));
         }
     }
 

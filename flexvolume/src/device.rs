@@ -17,7 +17,6 @@ pub fn mount_device(ctx: &Ctx, global: &Path, device: &str, json: &str) -> FlexR
     // The device is informational: the backend finds the loop device by its
     // backing file, never by trusting a path from node status.
     log::info(format_args!("mountdevice {id} ({device}) at {}: {}", global.display(), opts.summary()));
-    let _guard = ctx.lock(&id)?;
     ctx.ensure_volume(&id, &opts)?;
     let req = StageRequest {
         staging_path: global.to_path_buf(),
@@ -27,24 +26,17 @@ pub fn mount_device(ctx: &Ctx, global: &Path, device: &str, json: &str) -> FlexR
         mount_options: opts.mount_options.clone(),
     };
     ctx.pool.stage(&id, &req)?;
-    ctx.remember_target(global, &id);
     Ok(Reply::success())
 }
 
 pub fn unmount_device(ctx: &Ctx, global: &Path) -> FlexResult<Reply> {
-    let id = match ctx.pool.volume_at(global)? {
-        Some(id) => id,
-        None => match ctx.recorded_target(global) {
-            Some(id) => id,
-            None => {
-                log::info(format_args!("unmountdevice {}: nothing mounted", global.display()));
-                return Ok(Reply::success());
-            }
-        },
+    // The staging mount names its volume (a mountdevice that died before
+    // mounting left nothing: its autoclear loop device went with it).
+    let Some(id) = ctx.pool.volume_at(global)? else {
+        log::info(format_args!("unmountdevice {}: nothing mounted", global.display()));
+        return Ok(Reply::success());
     };
     log::info(format_args!("unmountdevice {id} at {}", global.display()));
-    let _guard = ctx.lock(&id)?;
     ctx.pool.unstage(&id, global, false)?;
-    ctx.forget_target(global);
     Ok(Reply::success())
 }

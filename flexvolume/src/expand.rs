@@ -21,7 +21,6 @@ pub fn expand_fs(ctx: &Ctx, json: &str, device: &str, mount_dir: &str, new: &str
         describe(device),
         describe(mount_dir)
     ));
-    let _guard = ctx.lock(&id)?;
     let capacity = ctx.pool.node_expand(&id, new_size)?;
     log::info(format_args!("expandfs {id}: capacity {capacity} bytes"));
     Ok(Reply::success())

@@ -15,8 +15,6 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use loopvol_backend::record;
-
 use crate::config;
 use crate::reply::{FlexError, FlexResult, Reply};
 
@@ -88,7 +86,8 @@ fn put(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> FlexResult<bool> {
         file.sync_all().map_err(|e| io("fsync", &tmp, e))?;
         drop(file);
         fs::rename(&tmp, &target).map_err(|e| io("rename", &target, e))?;
-        record::sync_dir(dir).map_err(FlexError::from)
+        // The rename is durable once the directory is synced.
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", dir, e))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

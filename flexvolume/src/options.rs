@@ -6,16 +6,16 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use loopvol_backend::{id, FsType};
+use loopvol_backend::params::{self, Dialect, VolumeParams};
+use loopvol_backend::FsType;
 
 use crate::config::Config;
 use crate::log;
 use crate::reply::{FlexError, FlexResult};
-use loopvol_backend::quantity;
 
-pub const FS_TYPE: &str = "kubernetes.io/fsType";
+pub const FS_TYPE: &str = params::FLEX_FS_TYPE;
 pub const READWRITE: &str = "kubernetes.io/readwrite";
-pub const PV_OR_VOLUME_NAME: &str = "kubernetes.io/pvOrVolumeName";
+pub const PV_OR_VOLUME_NAME: &str = params::FLEX_PV_OR_VOLUME_NAME;
 pub const POD_NAME: &str = "kubernetes.io/pod.name";
 pub const POD_NAMESPACE: &str = "kubernetes.io/pod.namespace";
 pub const POD_UID: &str = "kubernetes.io/pod.uid";
@@ -26,11 +26,8 @@ pub const FS_GROUP: &str = "kubernetes.io/mounterArgs.FsGroup";
 pub const FS_GROUP_LEGACY: &str = "kubernetes.io/fsGroup";
 pub const SECRET_PREFIX: &str = "kubernetes.io/secret/";
 
-pub const VOLUME_ID: &str = "volumeID";
-pub const SIZE: &str = "size";
-pub const CREATE: &str = "create";
-pub const MOUNT_OPTIONS: &str = "mountOptions";
-pub const THICK: &str = "thick";
+pub const VOLUME_ID: &str = params::FLEX_VOLUME_ID;
+pub const CREATE: &str = params::FLEX_CREATE;
 
 /// Decoded secret bytes; Debug never shows them.
 pub struct Secret(#[allow(dead_code)] pub Vec<u8>);
@@ -100,12 +97,13 @@ impl Options {
         let get = |key: &str| strings.get(key).map(String::as_str);
         let non_empty = |key: &str| get(key).filter(|v| !v.is_empty()).map(str::to_string);
 
-        opts.fs_type = match get(FS_TYPE) {
-            None | Some("") => None,
-            Some(fs) => {
-                Some(fs.parse().map_err(|e: loopvol_backend::Error| FlexError::option(FS_TYPE, e.to_string()))?)
-            }
-        };
+        // What concerns the volume (fs type, size, thick, mount options):
+        // the backend's one parser, as for every other front end.
+        let volume = VolumeParams::parse_map(&strings, Dialect::FlexVolume).map_err(option_error)?;
+        opts.fs_type = volume.fs_type;
+        opts.size = volume.size;
+        opts.thick = volume.thick.unwrap_or(false);
+        opts.mount_options = volume.mount_options;
         opts.read_only = match get(READWRITE) {
             None | Some("rw") => false,
             Some("ro") => true,
@@ -122,35 +120,13 @@ impl Options {
             (None, None) => None,
         };
         opts.volume_id = non_empty(VOLUME_ID);
-        opts.size = match get(SIZE) {
-            None | Some("") => None,
-            Some(v) => match quantity::parse(v) {
-                Ok(0) => return Err(FlexError::option(SIZE, "must be greater than zero")),
-                Ok(n) => Some(n),
-                Err(e) => return Err(FlexError::option(SIZE, format!("{v:?} is not a quantity: {e}"))),
-            },
-        };
-        opts.create = parse_bool(CREATE, get(CREATE), true)?;
-        opts.thick = parse_bool(THICK, get(THICK), false)?;
-        opts.mount_options = get(MOUNT_OPTIONS)
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|o| !o.is_empty())
-            .map(str::to_string)
-            .collect();
+        opts.create = params::parse_bool(CREATE, get(CREATE).unwrap_or("")).map_err(option_error)?.unwrap_or(true);
         Ok(opts)
     }
 
     /// The volume's ID: `volumeID`, else the PV (or inline volume) name.
     pub fn id(&self) -> FlexResult<String> {
-        let id = self
-            .volume_id
-            .clone()
-            .or_else(|| self.pv_or_volume_name.clone())
-            .ok_or_else(|| FlexError::option(VOLUME_ID, format!("missing, and so is {PV_OR_VOLUME_NAME}")))?;
-        id::validate(&id)?;
-        Ok(id)
+        params::flex_volume_id(self.volume_id.as_deref(), self.pv_or_volume_name.as_deref()).map_err(option_error)
     }
 
     pub fn fs_type_or(&self, config: &Config) -> FsType {
@@ -183,12 +159,11 @@ fn parse_gid(key: &str, value: &str) -> FlexResult<u32> {
     value.parse().map_err(|_| FlexError::option(key, format!("{value:?} is not a group id")))
 }
 
-fn parse_bool(key: &str, value: Option<&str>, default: bool) -> FlexResult<bool> {
-    match value {
-        None | Some("") => Ok(default),
-        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
-        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
-        Some(v) => Err(FlexError::option(key, format!("{v:?} is not \"true\" or \"false\""))),
+/// The backend's parameter errors are option errors here (they name the key).
+fn option_error(e: loopvol_backend::Error) -> FlexError {
+    match e {
+        loopvol_backend::Error::InvalidParameter { key, reason } => FlexError::option(key, reason),
+        other => other.into(),
     }
 }
 

@@ -141,10 +141,12 @@ pub fn backend_failure(err: &Error) -> Reply {
         // Bad input: fix the PV or pod spec.
         Error::InvalidId { .. }
         | Error::InvalidName { .. }
-        | Error::UnsupportedFsType(_)
+        | Error::UnsupportedFsType { .. }
         | Error::MountOptionNotAllowed { .. }
         | Error::InvalidPath { .. }
         | Error::InvalidArgument(_) => text,
+        // Said the way every other option error is.
+        Error::InvalidParameter { key, reason } => format!("option {key}: {reason}"),
         Error::VolumeNotFound(_) => format!("{text} (set the option create to \"true\" to create it on first use)"),
         Error::SnapshotNotFound(_) => text,
         Error::NotAtPath { .. } => text,

@@ -1,7 +1,8 @@
-//! `unmount <pod dir>`: no options arrive (spec §2), so the volume is found
-//! from the kernel's mount table, or from the record `mount` left when the
-//! bind mount is already gone. attach:false also unstages once no pod on the
-//! node uses the volume any more; attach:true leaves that to `unmountdevice`.
+//! `unmount <pod dir>`: no options arrive (spec §2), so the pool finds the
+//! volume from the kernel's mount table, or from the hint `mount` left when
+//! the bind mount is already gone. attach:false releases the whole private
+//! mount (unstaging once no pod on the node uses the volume); attach:true
+//! only unpublishes and leaves the staging to `unmountdevice`.
 
 use std::path::Path;
 
@@ -10,49 +11,27 @@ use crate::log;
 use crate::reply::{FlexResult, Reply};
 
 pub fn run(ctx: &Ctx, target: &Path) -> FlexResult<Reply> {
-    let id = match ctx.pool.volume_at(target)? {
-        Some(id) => id,
-        None => match ctx.recorded_target(target) {
-            Some(id) => id,
-            None => {
-                // Not ours or already unmounted: success, and the leftover dir
-                // is removed when empty (kubelet tolerates that, spec P19).
-                log::info(format_args!("unmount {}: nothing mounted", target.display()));
-                let _ = std::fs::remove_dir(target);
-                return Ok(Reply::success());
-            }
-        },
-    };
-    log::info(format_args!("unmount {id} from {}", target.display()));
-    let _guard = ctx.lock(&id)?;
-    match ctx.pool.unpublish(&id, target) {
-        Ok(()) => {}
-        // The image's record is gone from the pool (deleted behind a live
-        // mount): still take the mount down, or kubelet retries forever.
-        Err(loopvol_backend::Error::VolumeNotFound(_)) => {
-            log::warn(format_args!("{id} has no record in the pool; unmounting {} directly", target.display()));
-            loopvol_backend::mount::cleanup(target)?;
-            ctx.forget_target(target);
+    if ctx.config.attach {
+        let Some(id) = ctx.pool.volume_at(target)? else {
+            log::info(format_args!("unmount {}: nothing mounted", target.display()));
+            let _ = std::fs::remove_dir(target);
             return Ok(Reply::success());
-        }
-        Err(e) => return Err(e.into()),
+        };
+        log::info(format_args!("unmount {id} from {}", target.display()));
+        ctx.pool.unpublish(&id, target)?;
+        return Ok(Reply::success());
     }
-
-    if !ctx.config.attach {
-        let staging = ctx.config.staging_dir(&id);
-        // With the pool's records lost, `users` also lists the staging mount.
-        let users: Vec<_> = ctx.pool.users(&id)?.into_iter().filter(|p| *p != staging).collect();
-        if users.is_empty() {
-            if let Err(e) = ctx.pool.unstage(&id, &staging, true) {
-                // Kubelet calls `unmount` again only while the pod dir exists;
-                // put it back (empty) so the retry finds the record and unstages.
-                let _ = std::fs::create_dir_all(target);
-                return Err(e.into());
-            }
-        } else {
-            log::info(format_args!("{id} stays staged for {} other target(s)", users.len()));
+    match ctx.pool.unmount_private(target, Some(&ctx.config.staging_root())) {
+        Ok(Some(id)) => log::info(format_args!("unmounted {id} from {}", target.display())),
+        // Not ours or already unmounted: success, and the leftover dir is
+        // removed when empty (kubelet tolerates that, spec P19).
+        Ok(None) => log::info(format_args!("unmount {}: nothing mounted", target.display())),
+        Err(e) => {
+            // Kubelet calls `unmount` again only while the pod dir exists;
+            // put it back (empty) so the retry finds the hint and finishes.
+            let _ = std::fs::create_dir_all(target);
+            return Err(e.into());
         }
     }
-    ctx.forget_target(target);
     Ok(Reply::success())
 }

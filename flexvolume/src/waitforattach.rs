@@ -19,7 +19,6 @@ pub fn run(ctx: &Ctx, token: &str, json: &str) -> FlexResult<Reply> {
         }
     }
     log::info(format_args!("waitforattach {id}: {}", opts.summary()));
-    let _guard = ctx.lock(&id)?;
     ctx.ensure_volume(&id, &opts)?;
     let device = ctx.pool.attach_device(&id)?;
     Ok(Reply::device(device.to_string_lossy()))

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use loopvol_backend::testing::eventually;
+use loopvol_test_support::eventually;
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -108,7 +108,7 @@ fn check_mounted(w: &World, v: &Vol, pod: &Path, what: &str) {
 
 #[test]
 fn killed_mount_converges_on_rerun_or_unmount() {
-    if !loopvol_backend::testing::privileged("killed_mount_converges_on_rerun_or_unmount") {
+    if !loopvol_test_support::privileged("killed_mount_converges_on_rerun_or_unmount") {
         return;
     }
     let trials: u32 = std::env::var("LOOPVOL_CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);

@@ -21,7 +21,7 @@ fn statvfs_total(path: &Path) -> u64 {
 
 #[test]
 fn mount_unmount_remount_keeps_data() {
-    if !loopvol_backend::testing::privileged("mount_unmount_remount_keeps_data") {
+    if !loopvol_test_support::privileged("mount_unmount_remount_keeps_data") {
         return;
     }
     let w = World::new(false);
@@ -64,7 +64,7 @@ fn mount_unmount_remount_keeps_data() {
 
 #[test]
 fn read_only_and_read_write_pods_share_one_staging() {
-    if !loopvol_backend::testing::privileged("read_only_and_read_write_pods_share_one_staging") {
+    if !loopvol_test_support::privileged("read_only_and_read_write_pods_share_one_staging") {
         return;
     }
     let w = World::new(false);
@@ -98,7 +98,7 @@ fn libc_erofs() -> i32 {
 
 #[test]
 fn twenty_parallel_mounts_of_different_volumes() {
-    if !loopvol_backend::testing::privileged("twenty_parallel_mounts_of_different_volumes") {
+    if !loopvol_test_support::privileged("twenty_parallel_mounts_of_different_volumes") {
         return;
     }
     let w = World::new(false);
@@ -135,7 +135,7 @@ fn twenty_parallel_mounts_of_different_volumes() {
 
 #[test]
 fn racing_mounts_of_one_volume_end_in_one_mount() {
-    if !loopvol_backend::testing::privileged("racing_mounts_of_one_volume_end_in_one_mount") {
+    if !loopvol_test_support::privileged("racing_mounts_of_one_volume_end_in_one_mount") {
         return;
     }
     let w = World::new(false);
@@ -170,7 +170,7 @@ fn racing_mounts_of_one_volume_end_in_one_mount() {
 
 #[test]
 fn unmount_of_unknown_paths_succeeds() {
-    if !loopvol_backend::testing::privileged("unmount_of_unknown_paths_succeeds") {
+    if !loopvol_test_support::privileged("unmount_of_unknown_paths_succeeds") {
         return;
     }
     let w = World::new(false);
@@ -190,15 +190,15 @@ fn unmount_of_unknown_paths_succeeds() {
 
 #[test]
 fn unmount_works_without_the_drivers_records() {
-    if !loopvol_backend::testing::privileged("unmount_works_without_the_drivers_records") {
+    if !loopvol_test_support::privileged("unmount_works_without_the_drivers_records") {
         return;
     }
     let w = World::new(false);
     let _g = w.guard();
     let pod = w.pod_dir("pod-a", "pv-lost");
     w.run(&["mount", p(&pod), &mount_json("pv-lost", &[])]).ok();
-    // As after a node rebuild of the state dir: only the kernel knows.
-    fs::remove_dir_all(w.state.join("targets")).unwrap();
+    // As after the hints are lost: only the kernel knows.
+    fs::remove_dir_all(w.pool.join("targets")).unwrap();
     w.run(&["unmount", p(&pod)]).ok();
     assert_eq!(mount_count(&pod), 0);
     assert_eq!(mount_count(&w.staging("pv-lost")), 0);
@@ -207,7 +207,7 @@ fn unmount_works_without_the_drivers_records() {
 
 #[test]
 fn odd_and_huge_option_values_are_taken_literally() {
-    if !loopvol_backend::testing::privileged("odd_and_huge_option_values_are_taken_literally") {
+    if !loopvol_test_support::privileged("odd_and_huge_option_values_are_taken_literally") {
         return;
     }
     let w = World::new(false);
@@ -240,7 +240,7 @@ fn odd_and_huge_option_values_are_taken_literally() {
 
 #[test]
 fn failed_mounts_leave_nothing_behind() {
-    if !loopvol_backend::testing::privileged("failed_mounts_leave_nothing_behind") {
+    if !loopvol_test_support::privileged("failed_mounts_leave_nothing_behind") {
         return;
     }
     let w = World::new(false);
@@ -269,7 +269,7 @@ fn failed_mounts_leave_nothing_behind() {
 
 #[test]
 fn expandfs_grows_xfs_online() {
-    if !loopvol_backend::testing::privileged("expandfs_grows_xfs_online") {
+    if !loopvol_test_support::privileged("expandfs_grows_xfs_online") {
         return;
     }
     let w = World::new(false);
@@ -298,7 +298,7 @@ fn expandfs_grows_xfs_online() {
 
 #[test]
 fn expandfs_of_ext4_grows_now_or_at_the_next_mount() {
-    if !loopvol_backend::testing::privileged("expandfs_of_ext4_grows_now_or_at_the_next_mount") {
+    if !loopvol_test_support::privileged("expandfs_of_ext4_grows_now_or_at_the_next_mount") {
         return;
     }
     let w = World::new(false);
@@ -325,7 +325,7 @@ fn expandfs_of_ext4_grows_now_or_at_the_next_mount() {
 
 #[test]
 fn attach_flow_end_to_end() {
-    if !loopvol_backend::testing::privileged("attach_flow_end_to_end") {
+    if !loopvol_test_support::privileged("attach_flow_end_to_end") {
         return;
     }
     let w = World::new(true);
@@ -387,7 +387,7 @@ fn attach_flow_end_to_end() {
 
 #[test]
 fn mount_and_unmount_never_write_into_the_plugin_dir() {
-    if !loopvol_backend::testing::privileged("mount_and_unmount_never_write_into_the_plugin_dir") {
+    if !loopvol_test_support::privileged("mount_and_unmount_never_write_into_the_plugin_dir") {
         return;
     }
     let w = World::new(false);
@@ -407,7 +407,7 @@ fn mount_and_unmount_never_write_into_the_plugin_dir() {
 
 #[test]
 fn unmount_succeeds_when_the_pool_lost_the_volume() {
-    if !loopvol_backend::testing::privileged("unmount_succeeds_when_the_pool_lost_the_volume") {
+    if !loopvol_test_support::privileged("unmount_succeeds_when_the_pool_lost_the_volume") {
         return;
     }
     let w = World::new(false);

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use loopvol_backend::testing::{loops_settle, privileged, Sandbox};
-use loopvol_backend::{mountinfo, Pool, PoolOptions};
+use loopvol_backend::{Pool, PoolOptions};
 use loopvol_proto::v1 as csi;
+use loopvol_test_support::{loops_settle, privileged, Sandbox};
 use loopvol_tests::bench::client::Csi;
 use loopvol_tests::workspace_binary;
 
@@ -84,7 +84,7 @@ impl Drop for World {
 }
 
 fn mounts_at(path: &Path) -> usize {
-    mountinfo::read().unwrap().iter().filter(|m| m.mount_point == path).count()
+    loopvol_test_support::mount_count(path)
 }
 
 fn options(pv: &str) -> String {
@@ -216,9 +216,9 @@ async fn flexvolume_processes_and_the_csi_server_share_one_pool() {
     let pool = Pool::open(&w.path("pool"), PoolOptions::default()).unwrap();
     let vols = pool.volumes().unwrap();
     assert_eq!(vols.len(), 1);
-    assert!(vols[0].staged.is_none() && vols[0].published.is_empty());
-    let under: Vec<_> =
-        mountinfo::read().unwrap().into_iter().filter(|m| m.mount_point.starts_with(w.sandbox.path())).collect();
+    let state = pool.node_state(&vols[0].id).unwrap();
+    assert!(state.staged.is_none() && state.published.is_empty());
+    let under = loopvol_test_support::mounts_under(&w.sandbox.path());
     assert!(under.is_empty(), "leaked mounts: {under:?}");
     assert_eq!(loops_settle(&w.sandbox.path(), 0), 0, "leaked loop devices");
 }

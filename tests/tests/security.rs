@@ -15,10 +15,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
-use loopvol_backend::testing::{privileged, Sandbox};
 use loopvol_backend::{
-    mountinfo, AccessType, CapacityRange, CreateVolume, Error, FsType, Pool, PoolOptions, PublishRequest, StageRequest,
+    AccessType, CapacityRange, CreateVolume, Error, FsType, Lifecycle, Pool, PoolOptions, PublishRequest, StageRequest,
 };
+use loopvol_test_support::{privileged, Sandbox};
 
 const SECRET: &str = "Sup3r-s3cret-v4lue-never-to-be-logged";
 const SECRET_USER: &str = "admin-user-secret-name";
@@ -85,7 +85,7 @@ impl Flex {
 
 impl Drop for Flex {
     fn drop(&mut self) {
-        loopvol_backend::testing::cleanup_under(&self.root);
+        loopvol_test_support::cleanup_under(&self.root);
     }
 }
 
@@ -141,7 +141,7 @@ fn assert_no_secret(what: &str, text: &str) {
 }
 
 fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    mountinfo::read().unwrap().into_iter().map(|m| m.mount_point).filter(|p| p.starts_with(root)).collect()
+    loopvol_test_support::mounts_under(root)
 }
 
 // ---- secrets ----
@@ -274,7 +274,7 @@ fn no_shell_anywhere_in_the_sources() {
         }
     }
     assert!(scanned > 30, "the workspace sources were found ({scanned} files)");
-    assert!(root.join("backend/src/tools.rs").exists(), "the scan starts at the workspace root");
+    assert!(root.join("backend/src/kernel/tools.rs").exists(), "the scan starts at the workspace root");
 }
 
 // ---- file modes ----
@@ -292,6 +292,7 @@ fn pool_files_are_private() {
         thick,
         source: None,
         parameters: BTreeMap::new(),
+        lifecycle: Lifecycle::Persistent,
     };
     let thin = pool.create_volume(&req("thin", false)).unwrap();
     let thick = pool.create_volume(&req("thick", true)).unwrap();
@@ -452,6 +453,7 @@ fn symlinked_targets_are_not_followed() {
             thick: false,
             source: None,
             parameters: BTreeMap::new(),
+            lifecycle: Lifecycle::Persistent,
         })
         .unwrap();
     let staging = dir.join("staging");

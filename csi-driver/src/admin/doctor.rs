@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use loopvol_backend::doctor::Finding;
+use loopvol_backend::Finding;
 use loopvol_backend::Pool;
 use serde::Serialize;
 

@@ -114,7 +114,8 @@ fn volume_report(pool: &Pool, vol: Volume) -> anyhow::Result<VolumeReport> {
     let image_path = pool.volume_image_path(&vol.id);
     let (device, mounts) = pool.live_mounts(&vol.id)?;
     let condition = pool.condition(&vol.id)?;
-    let staging = vol.staged.as_ref().map(|st| Staging {
+    let state = pool.node_state(&vol.id)?;
+    let staging = state.staged.as_ref().map(|st| Staging {
         live: match st.access_type {
             loopvol_backend::AccessType::Mount => mounts.contains(&st.staging_path),
             loopvol_backend::AccessType::Block => device.is_some(),
@@ -125,7 +126,7 @@ fn volume_report(pool: &Pool, vol: Volume) -> anyhow::Result<VolumeReport> {
         read_only: st.read_only,
         mount_options: st.mount_options.clone(),
     });
-    let published = vol
+    let published = state
         .published
         .iter()
         .map(|(target, p)| Target { path: target.clone(), read_only: p.read_only, live: mounts.contains(target) })
@@ -134,7 +135,7 @@ fn volume_report(pool: &Pool, vol: Volume) -> anyhow::Result<VolumeReport> {
         kind: "volume",
         source: source_ref(&vol.source),
         image: image(image_path),
-        loop_device: device.map(|d| d.path),
+        loop_device: device,
         mounts,
         staging,
         published,
@@ -154,7 +155,7 @@ fn volume_report(pool: &Pool, vol: Volume) -> anyhow::Result<VolumeReport> {
 }
 
 fn snapshot_report(pool: &Pool, snap: Snapshot) -> SnapshotReport {
-    let path = pool.root().join("snapshots").join(format!("{}.img", snap.id));
+    let path = pool.snapshot_image_path(&snap.id);
     SnapshotReport { kind: "snapshot", image: image(path), snapshot: SnapshotRow::from(snap) }
 }
 

@@ -1,6 +1,5 @@
 //! `loopvol-csi list`: the volumes and snapshots of the pool.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -77,17 +76,19 @@ impl From<Snapshot> for SnapshotRow {
 }
 
 pub fn run(pool: &Pool, output: Output) -> anyhow::Result<ExitCode> {
-    // One sysfs walk for all volumes (`loopdev::find` per volume would open
-    // every loop device once per volume).
-    let devices: HashMap<PathBuf, PathBuf> =
-        loopvol_backend::loopdev::backing_files().into_iter().map(|(dev, backing)| (backing, dev.path)).collect();
+    // One scan of the loop devices for all volumes.
+    let devices = pool.attached_devices()?;
     let volumes: Vec<VolumeRow> = pool
         .volumes()?
         .into_iter()
-        .map(|v| VolumeRow {
-            loop_device: devices.get(&pool.volume_image_path(&v.id)).cloned(),
-            staging_path: v.staged.as_ref().map(|s| s.staging_path.clone()),
-            published_targets: v.published.len(),
+        .map(|v| {
+            let state = pool.node_state(&v.id).unwrap_or_default();
+            (v, state)
+        })
+        .map(|(v, state)| VolumeRow {
+            loop_device: devices.get(&v.id).cloned(),
+            staging_path: state.staged.as_ref().map(|s| s.staging_path.clone()),
+            published_targets: state.published.len(),
             source: source_ref(&v.source),
             id: v.id,
             name: v.name,

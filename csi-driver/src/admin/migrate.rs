@@ -16,20 +16,67 @@ use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use loopvol_backend::params::{self, Dialect, VolumeParams};
+
 use super::ManifestOutput;
 
 /// The FlexVolume driver name the installer sets up (`loopvol~loopvol`).
 pub const FLEX_DRIVER: &str = "loopvol/loopvol";
 const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
-/// FlexVolume options the driver understands (flexvolume/src/options.rs).
-const FLEX_OPTIONS: [&str; 5] = ["volumeID", "size", "create", "mountOptions", "thick"];
-const DEFAULT_FS: &str = "ext4";
-
 #[derive(Debug, Clone)]
 pub struct Options {
     pub driver: String,
     pub node: Option<String>,
     pub storage_class: Option<String>,
+    /// The filesystem a PV with a blank `fsType` holds, when the PV does not
+    /// say: the pool's record of the volume, else the FlexVolume config's
+    /// `defaultFsType` (see [`FsTypeSources`]).
+    pub fs_types: FsTypeSources,
+}
+
+/// Where the filesystem of a blank-`fsType` PV is looked up: the FlexVolume
+/// driver made it with its config's `defaultFsType`, and the pool's record
+/// remembers what it made.
+#[derive(Debug, Clone)]
+pub struct FsTypeSources {
+    /// The pool, when the command runs where it exists.
+    pub pool: Option<std::path::PathBuf>,
+    /// The FlexVolume driver's `defaultFsType` (its config file, or the
+    /// driver's default when it has none).
+    pub flex_default: Option<loopvol_backend::FsType>,
+}
+
+impl Default for FsTypeSources {
+    /// No pool; the FlexVolume driver's default without a config file (the
+    /// pool's default filesystem).
+    fn default() -> Self {
+        FsTypeSources { pool: None, flex_default: Some(loopvol_backend::PoolOptions::default().default_fs) }
+    }
+}
+
+/// The `defaultFsType` of a FlexVolume config file (`.loopvol.json`); the
+/// driver's default when the file does not set it.
+pub fn flex_default_fs_type(path: &Path) -> anyhow::Result<loopvol_backend::FsType> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    match config.get("defaultFsType").and_then(Value::as_str) {
+        Some(fs) => fs.parse().with_context(|| format!("defaultFsType in {}", path.display())),
+        None => Ok(loopvol_backend::PoolOptions::default().default_fs),
+    }
+}
+
+impl FsTypeSources {
+    /// The pool's record of the volume wins; then the FlexVolume default.
+    fn lookup(&self, volume_id: &str) -> Option<(loopvol_backend::FsType, &'static str)> {
+        let recorded = self
+            .pool
+            .as_deref()
+            .filter(|root| loopvol_backend::Pool::exists(root))
+            .and_then(|root| loopvol_backend::Pool::open(root, loopvol_backend::PoolOptions::default()).ok())
+            .and_then(|pool| pool.volume(volume_id).ok())
+            .map(|vol| (vol.fs_type, "the pool's record"));
+        recorded.or(self.flex_default.map(|fs| (fs, "the FlexVolume config's defaultFsType")))
+    }
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -201,23 +248,41 @@ fn migrate(pv: &Value, opts: &Options, warn: &mut dyn FnMut(String)) -> anyhow::
         Some(_) => bail!("flexVolume.options must be a map"),
     };
     let option = |key: &str| options.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
-    for key in options.keys().filter(|k| !FLEX_OPTIONS.contains(&k.as_str())) {
+    for key in options.keys().filter(|k| !params::FLEX_VOLUME_OPTIONS.contains(&k.as_str())) {
         warn(format!("{name}: FlexVolume option {key:?} has no CSI counterpart; dropped"));
     }
+    // The options as the FlexVolume driver sees them (kubelet adds the fs
+    // type), through the same parser it uses.
+    let mut as_kubelet_passes: BTreeMap<&str, &str> =
+        options.iter().filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))).collect();
+    let pv_fs_type = flex.get("fsType").and_then(Value::as_str).unwrap_or("");
+    as_kubelet_passes.insert(params::FLEX_FS_TYPE, pv_fs_type);
+    let parsed = VolumeParams::parse_map(&as_kubelet_passes, Dialect::FlexVolume)
+        .with_context(|| "flexVolume.options or flexVolume.fsType")?;
     if flex.get("secretRef").is_some_and(|s| !s.is_null()) {
         warn(format!("{name}: flexVolume.secretRef dropped (loopvol uses no secrets)"));
     }
 
     // The FlexVolume driver's own rule: volumeID, else the PV name.
-    let volume_id = option("volumeID").unwrap_or(name).to_string();
-    loopvol_backend::id::validate(&volume_id).with_context(|| format!("volume ID {volume_id:?}"))?;
-    let fs_type = flex.get("fsType").and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or(DEFAULT_FS);
-    let fs: loopvol_backend::FsType = fs_type.parse().with_context(|| format!("flexVolume.fsType {fs_type:?}"))?;
+    let volume_id = params::flex_volume_id(option(params::FLEX_VOLUME_ID), Some(name)).context("volume ID")?;
+    let fs = match parsed.fs_type {
+        Some(fs) => fs,
+        None => {
+            let (fs, from) = opts.fs_types.lookup(&volume_id).ok_or_else(|| {
+                anyhow!(
+                    "flexVolume.fsType is blank and the volume's filesystem is unknown here: run this where the \
+                     volume's pool is (--pool), or pass --flex-config with the FlexVolume driver's config"
+                )
+            })?;
+            warn(format!("{name}: flexVolume.fsType is blank; {fs} from {from}"));
+            fs
+        }
+    };
     if string_at(pv, "/spec/volumeMode").is_some_and(|m| m != "Filesystem") {
         bail!("spec.volumeMode must be Filesystem (FlexVolume volumes are filesystems)");
     }
 
-    let storage = match string_at(pv, "/spec/capacity/storage").or_else(|| option("size")) {
+    let storage = match string_at(pv, "/spec/capacity/storage").or_else(|| option(params::SIZE)) {
         Some(s) => s.to_string(),
         None => bail!("neither spec.capacity.storage nor flexVolume.options.size is set"),
     };
@@ -238,9 +303,9 @@ fn migrate(pv: &Value, opts: &Options, warn: &mut dyn FnMut(String)) -> anyhow::
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
         .unwrap_or_default();
-    for o in option("mountOptions").unwrap_or("").split(',').map(str::trim).filter(|o| !o.is_empty()) {
-        if !mount_options.iter().any(|m| m == o) {
-            mount_options.push(o.to_string());
+    for o in parsed.mount_options {
+        if !mount_options.contains(&o) {
+            mount_options.push(o);
         }
     }
 
@@ -361,7 +426,12 @@ mod tests {
     use super::*;
 
     fn opts(node: Option<&str>) -> Options {
-        Options { driver: "loopvol.csi.io".into(), node: node.map(str::to_string), storage_class: None }
+        Options {
+            driver: "loopvol.csi.io".into(),
+            node: node.map(str::to_string),
+            storage_class: None,
+            fs_types: FsTypeSources::default(),
+        }
     }
 
     fn one(text: &str, node: Option<&str>) -> anyhow::Result<PersistentVolume> {

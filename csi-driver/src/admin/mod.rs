@@ -101,6 +101,11 @@ pub enum Command {
         /// by fsType, as deploy/ installs them, else the old PV's class).
         #[arg(long)]
         storage_class: Option<String>,
+        /// The FlexVolume driver's config (`.loopvol.json`): a PV with a blank
+        /// fsType holds its `defaultFsType`, unless the pool (--pool) has the
+        /// volume's record, which wins.
+        #[arg(long, value_name = "FILE")]
+        flex_config: Option<PathBuf>,
         /// Output format of the manifest.
         #[arg(long, short, value_enum, default_value_t)]
         output: ManifestOutput,
@@ -119,17 +124,21 @@ pub fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
         Command::List { output } => list::run(&open_pool(&ctx.pool)?, output),
         Command::Inspect { id, output } => inspect::run(&open_pool(&ctx.pool)?, &id, output),
         Command::Doctor { repair, output } => doctor::run(&open_pool(&ctx.pool)?, repair, output),
-        Command::MigrateFlexvolume { file, node, storage_class, output } => {
-            let opts = migrate::Options { driver: ctx.driver_name.clone(), node, storage_class };
+        Command::MigrateFlexvolume { file, node, storage_class, flex_config, output } => {
+            let mut fs_types = migrate::FsTypeSources { pool: Some(ctx.pool.clone()), ..Default::default() };
+            if let Some(path) = &flex_config {
+                fs_types.flex_default = Some(migrate::flex_default_fs_type(path)?);
+            }
+            let opts = migrate::Options { driver: ctx.driver_name.clone(), node, storage_class, fs_types };
             migrate::run(&file, &opts, output)
         }
     }
 }
 
-/// Opens an existing pool. `Pool::open` creates a missing one, which for an
-/// admin command would turn a typo into a new empty pool: refuse instead.
+/// Opens an existing pool: `Pool::open` creates a missing one, which for an
+/// admin command would turn a typo into a new empty pool.
 fn open_pool(path: &Path) -> anyhow::Result<Pool> {
-    if !path.join("volumes").is_dir() {
+    if !Pool::exists(path) {
         bail!("no loopvol pool at {} (set --pool or LOOPVOL_POOL)", path.display());
     }
     Pool::open(path, PoolOptions::default()).with_context(|| format!("opening pool {}", path.display()))

@@ -285,7 +285,7 @@ pub struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        loopvol_backend::testing::cleanup_under(&self.root);
+        loopvol_test_support::cleanup_under(&self.root);
     }
 }
 

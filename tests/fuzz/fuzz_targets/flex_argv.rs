@@ -8,7 +8,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use loopvol_backend::node::clean_path;
+use loopvol_backend::clean_path;
 use loopvol_flexvolume::context::{absolute_path, describe};
 use loopvol_flexvolume::reply;
 

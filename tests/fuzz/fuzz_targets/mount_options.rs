@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use loopvol_backend::mount_options::MountOptions;
+use loopvol_backend::test_hooks::MountOptions;
 use loopvol_backend::{Error, FsType};
 use nix::mount::MsFlags;
 

@@ -9,7 +9,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use libfuzzer_sys::fuzz_target;
-use loopvol_backend::mountinfo::{parse, MountEntry};
+use loopvol_backend::test_hooks::mountinfo_parser::{parse, MountEntry};
 
 fn escape(bytes: &[u8]) -> String {
     let mut out = Vec::with_capacity(bytes.len());

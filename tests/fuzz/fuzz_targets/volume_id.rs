@@ -9,7 +9,7 @@ use std::path::{Component, Path};
 
 use libfuzzer_sys::fuzz_target;
 use loopvol_backend::id;
-use loopvol_backend::node::clean_path;
+use loopvol_backend::clean_path;
 
 fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);

@@ -17,7 +17,7 @@
 use nix::mount::MsFlags;
 
 use crate::error::{Error, Result};
-use crate::types::FsType;
+use crate::filesystem::FsType;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
@@ -35,8 +35,9 @@ enum Kind {
     Flag(MsFlags),
     /// Accepted, changes nothing (the default, e.g. `exec`).
     Default,
-    /// Goes into the data string, for these filesystems.
-    Data(&'static [FsType]),
+    /// Goes into the data string; allowed for the filesystems whose policy
+    /// (`filesystem::POLICIES`) lists it.
+    Data,
 }
 
 /// How an option's value is checked.
@@ -60,18 +61,12 @@ struct Rule {
     group: Option<&'static str>,
 }
 
-const EXT4: &[FsType] = &[FsType::Ext4];
-const XFS: &[FsType] = &[FsType::Xfs];
-const BTRFS: &[FsType] = &[FsType::Btrfs];
-const EXT4_XFS: &[FsType] = &[FsType::Ext4, FsType::Xfs];
-const ALL: &[FsType] = &FsType::ALL;
-
 const fn flag(name: &'static str, flag: MsFlags, group: Option<&'static str>) -> Rule {
     Rule { name, kind: Kind::Flag(flag), value: Value::None, group }
 }
 
-const fn data(name: &'static str, fs: &'static [FsType], value: Value, group: Option<&'static str>) -> Rule {
-    Rule { name, kind: Kind::Data(fs), value, group }
+const fn data(name: &'static str, value: Value, group: Option<&'static str>) -> Rule {
+    Rule { name, kind: Kind::Data, value, group }
 }
 
 /// The allow-list. `group` names a set of mutually exclusive options; an
@@ -89,31 +84,31 @@ const RULES: &[Rule] = &[
     Rule { name: "exec", kind: Kind::Default, value: Value::None, group: Some("exec") },
     flag("sync", MsFlags::MS_SYNCHRONOUS, None),
     flag("dirsync", MsFlags::MS_DIRSYNC, None),
-    // Understood by all three filesystems, but by the filesystem, not mount(2).
-    data("discard", ALL, Value::None, Some("discard")),
-    data("nodiscard", ALL, Value::None, Some("discard")),
-    // ext4 (Documentation/admin-guide/ext4.rst). errors=panic is not offered:
-    // a user's volume must not be able to panic the node.
-    data("data", EXT4, Value::OneOf(&["ordered", "writeback", "journal"]), None),
-    data("commit", &[FsType::Ext4, FsType::Btrfs], Value::Number(0, 300), None),
-    data("barrier", EXT4, Value::None, Some("barrier")),
-    data("nobarrier", EXT4, Value::None, Some("barrier")),
-    data("errors", EXT4, Value::OneOf(&["remount-ro", "continue"]), None),
-    data("usrquota", EXT4_XFS, Value::None, None),
-    data("grpquota", EXT4_XFS, Value::None, None),
-    data("prjquota", EXT4_XFS, Value::None, None),
-    // xfs (Documentation/admin-guide/xfs.rst).
-    data("inode64", XFS, Value::None, None),
-    data("noquota", XFS, Value::None, None),
-    data("logbsize", XFS, Value::Size, None),
-    data("allocsize", XFS, Value::Size, None),
-    // btrfs (btrfs(5)).
-    data("compress", BTRFS, Value::Compression, Some("compress")),
-    data("compress-force", BTRFS, Value::Compression, Some("compress")),
-    data("ssd", BTRFS, Value::None, Some("ssd")),
-    data("nossd", BTRFS, Value::None, Some("ssd")),
-    data("space_cache", BTRFS, Value::OneOf(&["v2"]), None),
-    data("autodefrag", BTRFS, Value::None, None),
+    // Filesystem options: each filesystem's policy says which it accepts.
+    data("discard", Value::None, Some("discard")),
+    data("nodiscard", Value::None, Some("discard")),
+    // ext4's (errors=panic is not offered: a user's volume must not be able
+    // to panic the node).
+    data("data", Value::OneOf(&["ordered", "writeback", "journal"]), None),
+    data("commit", Value::Number(0, 300), None),
+    data("barrier", Value::None, Some("barrier")),
+    data("nobarrier", Value::None, Some("barrier")),
+    data("errors", Value::OneOf(&["remount-ro", "continue"]), None),
+    data("usrquota", Value::None, None),
+    data("grpquota", Value::None, None),
+    data("prjquota", Value::None, None),
+    // xfs's.
+    data("inode64", Value::None, None),
+    data("noquota", Value::None, None),
+    data("logbsize", Value::Size, None),
+    data("allocsize", Value::Size, None),
+    // btrfs's.
+    data("compress", Value::Compression, Some("compress")),
+    data("compress-force", Value::Compression, Some("compress")),
+    data("ssd", Value::None, Some("ssd")),
+    data("nossd", Value::None, Some("ssd")),
+    data("space_cache", Value::OneOf(&["v2"]), None),
+    data("autodefrag", Value::None, None),
 ];
 
 /// Options refused with a specific reason rather than "unknown".
@@ -164,7 +159,7 @@ impl MountOptions {
         given.sort();
         let data = given
             .iter()
-            .filter(|o| matches!(rule_for(o).map(|r| r.kind), Some(Kind::Data(_))))
+            .filter(|o| matches!(rule_for(o).map(|r| r.kind), Some(Kind::Data)))
             .cloned()
             .collect::<Vec<_>>()
             .join(",");
@@ -202,10 +197,10 @@ fn check_one(option: &str, fs: Option<FsType>) -> Result<&'static Rule> {
     let Some(rule) = RULES.iter().find(|r| r.name == name) else {
         return Err(not_allowed(option, "not a supported mount option"));
     };
-    if let Kind::Data(for_fs) = rule.kind {
+    if let Kind::Data = rule.kind {
         match fs {
             None => return Err(not_allowed(option, "a filesystem option needs a filesystem type")),
-            Some(fs) if !for_fs.contains(&fs) => {
+            Some(fs) if !fs.policy().data_options.contains(&rule.name) => {
                 return Err(not_allowed(option, "not an option of this filesystem type"));
             }
             Some(_) => {}
@@ -383,5 +378,18 @@ mod tests {
         assert!(reason(&["commit=5", "commit=9"], Some(FsType::Ext4)).1.contains("contradicts"));
         assert!(reason(&["compress=zstd", "compress-force=lzo"], Some(FsType::Btrfs)).1.contains("contradicts"));
         assert!(reason(&["discard", "nodiscard"], Some(FsType::Xfs)).1.contains("contradicts"));
+    }
+
+    #[test]
+    fn policies_and_rules_agree() {
+        for fs in FsType::all() {
+            for name in fs.policy().data_options {
+                let rule = RULES.iter().find(|r| r.name == *name);
+                assert!(rule.is_some_and(|r| matches!(r.kind, Kind::Data)), "{fs}: {name} has no data rule");
+            }
+        }
+        for rule in RULES.iter().filter(|r| matches!(r.kind, Kind::Data)) {
+            assert!(FsType::all().any(|fs| fs.policy().data_options.contains(&rule.name)), "{} is unused", rule.name);
+        }
     }
 }

@@ -6,15 +6,17 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
+use super::live::KernelView;
+use super::state::{NodeState, PublishRecord, StageRecord};
+use super::{Pool, Volume};
 use crate::error::{Error, Result};
-use crate::loopdev::{self, AttachOptions, LoopDevice};
-use crate::mount_options::MountOptions;
-use crate::mountinfo::{self, MountEntry};
-use crate::pool::{Pool, Volume};
-use crate::types::{AccessType, Condition, FsType, Usage};
-use crate::{fs as filesystem, mount};
+use crate::filesystem::FsType;
+use crate::kernel::fstools;
+use crate::kernel::loopdev::{self, AttachOptions};
+use crate::kernel::mount;
+use crate::kernel::mount_options::MountOptions;
+use crate::kernel::mountinfo;
+use crate::types::{AccessType, Condition, Usage};
 
 #[derive(Debug, Clone)]
 pub struct StageRequest {
@@ -39,28 +41,6 @@ pub struct PublishRequest {
     pub exclusive: bool,
 }
 
-/// What was staged, as remembered in the volume record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageRecord {
-    pub staging_path: PathBuf,
-    pub access_type: AccessType,
-    pub fs_type: FsType,
-    pub read_only: bool,
-    pub mount_options: Vec<String>,
-    /// The loop device at staging time (informational; re-looked-up by backing file).
-    pub device: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishRecord {
-    pub access_type: AccessType,
-    /// Published with a single-writer access mode: no second target allowed.
-    #[serde(default)]
-    pub exclusive: bool,
-    pub read_only: bool,
-    pub mount_options: Vec<String>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeStats {
     /// None for block volumes.
@@ -70,128 +50,7 @@ pub struct VolumeStats {
     pub condition: Condition,
 }
 
-/// One reading of the kernel's mount table and bound loop devices, shared by
-/// every volume an operation looks at (each reading costs a mountinfo parse
-/// and an ioctl per loop device).
-pub(crate) struct KernelView {
-    pub mounts: Vec<MountEntry>,
-    /// Bound loop devices with their backing files' (st_dev, st_ino).
-    loops: Vec<(LoopDevice, u64, u64)>,
-}
-
-impl KernelView {
-    pub fn read() -> Result<KernelView> {
-        Ok(KernelView { mounts: mountinfo::read()?, loops: loopdev::list()? })
-    }
-
-    /// The device backed by `image`, matched by device and inode; None when
-    /// the image is missing or not attached.
-    fn device_of(&self, image: &Path) -> Option<LoopDevice> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = fs::metadata(image).ok()?;
-        let found = self.loops.iter().find(|(_, dev, ino)| *dev == meta.dev() && *ino == meta.ino());
-        found.map(|(device, _, _)| device.clone())
-    }
-}
-
-/// What the kernel says about a volume right now.
-#[derive(Debug, Default)]
-pub(crate) struct Live {
-    /// The loop device backed by the volume's image.
-    pub device: Option<LoopDevice>,
-    /// Every mount point of the volume: its filesystem, bind mounts of it,
-    /// and bind mounts of its device node (block volumes).
-    pub mount_points: Vec<PathBuf>,
-    /// The recorded staging is really there.
-    pub staged: bool,
-}
-
-impl Live {
-    /// Mount points other than the given staging path(s): live publishes.
-    fn others(&self, staging: &[&Path]) -> Vec<PathBuf> {
-        self.mount_points.iter().filter(|p| !staging.contains(&p.as_path())).cloned().collect()
-    }
-}
-
 impl Pool {
-    /// What the kernel has of a volume, in a view read once per operation.
-    pub(crate) fn live(&self, vol: &Volume, view: &KernelView) -> Result<Live> {
-        let Some(device) = view.device_of(&self.volume_image_path(&vol.id)) else {
-            return Ok(Live::default());
-        };
-        let mounts = &view.mounts;
-        let rdev = nix::sys::stat::stat(&device.path).map(|st| st.st_rdev).unwrap_or(0);
-        let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-        let node_name = format!("/{}", device.path.file_name().unwrap_or_default().to_string_lossy());
-        let source = device.path.to_string_lossy();
-        let mut mount_points: Vec<PathBuf> = mounts
-            .iter()
-            .filter(|e| {
-                // btrfs reports an anonymous device number, so the source
-                // counts too; block publishes are binds of the device node.
-                (u64::from(e.major) == major && u64::from(e.minor) == minor)
-                    || (e.source == source && e.fs_type != "devtmpfs")
-                    || (e.fs_type == "devtmpfs" && e.root.as_os_str() == node_name.as_str())
-            })
-            .map(|e| e.mount_point.clone())
-            .collect();
-        mount_points.dedup();
-        let staged = match &vol.staged {
-            Some(st) if st.access_type == AccessType::Mount => mount_points.contains(&st.staging_path),
-            Some(_) => true,
-            None => false,
-        };
-        Ok(Live { device: Some(device), mount_points, staged })
-    }
-
-    /// Drops record entries the kernel no longer backs (after a reboot, a
-    /// crash, or a mount removed behind our back) and returns the live state.
-    /// The caller holds the volume's lock.
-    pub(crate) fn reconcile(&self, vol: &mut Volume) -> Result<Live> {
-        let live = self.live(vol, &KernelView::read()?)?;
-        let mut changed = false;
-        if vol.staged.is_some() && !live.staged {
-            tracing::warn!(volume = %vol.id, "staging recorded but gone from the kernel; forgetting it");
-            vol.staged = None;
-            changed = true;
-        }
-        if let Some(st) = vol.staged.as_ref().filter(|st| live.staged && st.access_type == AccessType::Mount) {
-            // A process that died during a snapshot leaves the filesystem
-            // frozen (found by backend/tests/faults.rs); we hold the lock, so
-            // nobody else is freezing it now.
-            if !st.read_only && filesystem::thaw_stale(&st.staging_path).unwrap_or(false) {
-                tracing::warn!(volume = %vol.id, "thawed a filesystem a crashed snapshot left frozen");
-            }
-        }
-        let before = vol.published.len();
-        vol.published.retain(|target, _| live.mount_points.contains(target));
-        changed |= vol.published.len() != before;
-        if changed {
-            self.write_node_state(vol)?;
-        }
-        Ok(live)
-    }
-
-    /// Reconciles every volume and removes half-built images and records of
-    /// writes that died (the CSI server calls this at start-up).
-    pub fn reconcile_all(&self) -> Result<()> {
-        for vol in self.volumes()? {
-            let _guard = match self.lock_volume(&vol.id) {
-                Ok(guard) => guard,
-                Err(Error::Busy(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            if let Some(mut vol) = self.read_volume(&vol.id)? {
-                self.reconcile(&mut vol)?;
-            }
-        }
-        for (path, _guard) in self.abandoned_temp_files()? {
-            tracing::warn!(file = %path.display(), "removing a temp file left by a write that died");
-            let _ = fs::remove_file(&path);
-        }
-        Ok(())
-    }
-
     /// Attaches the image to a loop device, formats it when blank (never for a
     /// read-only request, never over anything blkid finds), checks it, grows it
     /// when the image outgrew it, and mounts it at the staging path. Block
@@ -201,43 +60,55 @@ impl Pool {
     pub fn stage(&self, id: &str, req: &StageRequest) -> Result<StageRecord> {
         let staging = clean_path(&req.staging_path)?;
         let _guard = self.lock_volume(id)?;
-        let mut vol = self.volume(id)?;
-        check_access(&vol, req.access_type)?;
-        check_fs(&vol, req.access_type, req.fs_type)?;
+        let (mut vol, mut state) = self.load(id)?;
+        self.stage_locked(&mut vol, &mut state, &staging, req)
+    }
+
+    /// [`Pool::stage`] with the volume locked and loaded; `staging` is clean.
+    pub(crate) fn stage_locked(
+        &self,
+        vol: &mut Volume,
+        state: &mut NodeState,
+        staging: &Path,
+        req: &StageRequest,
+    ) -> Result<StageRecord> {
+        let id = vol.id.clone();
+        check_access(vol, req.access_type)?;
+        check_fs(vol, req.access_type, req.fs_type)?;
         let fs_type = vol.fs_type;
         let catalog_before = (vol.formatted, vol.fs_grow_pending);
         let opts = match req.access_type {
             AccessType::Mount => MountOptions::parse(&req.mount_options, Some(fs_type))?,
             AccessType::Block => MountOptions::default(),
         };
-        let live = self.reconcile(&mut vol)?;
-        if let Some(st) = &vol.staged {
+        let live = self.reconcile(vol, state)?;
+        if let Some(st) = &state.staged {
             if st.staging_path != staging {
-                return Err(Error::StagedElsewhere { id: id.into(), existing: st.staging_path.clone() });
+                return Err(Error::StagedElsewhere { id, existing: st.staging_path.clone() });
             }
             if st.read_only == req.read_only && st.mount_options == opts.given {
                 return Ok(st.clone());
             }
-            return Err(Error::IncompatibleAtPath { id: id.into(), what: "staged", path: staging });
+            return Err(Error::IncompatibleAtPath { id, what: "staged", path: staging.into() });
         }
-        if live.mount_points.contains(&staging) {
+        if live.mount_points.iter().any(|p| p == staging) {
             // Ours but unrecorded (records lost): adopt it when it matches.
             let mounts = mountinfo::read()?;
-            let ro = mountinfo::at(&mounts, &staging).last().is_some_and(|e| e.read_only());
+            let ro = mountinfo::at(&mounts, staging).last().is_some_and(|e| e.read_only());
             if ro != req.read_only {
-                return Err(Error::IncompatibleAtPath { id: id.into(), what: "staged", path: staging });
+                return Err(Error::IncompatibleAtPath { id, what: "staged", path: staging.into() });
             }
-        } else if !mountinfo::at(&mountinfo::read()?, &staging).is_empty() {
-            return Err(Error::InvalidPath { path: staging, reason: "another filesystem is mounted there" });
+        } else if !mountinfo::at(&mountinfo::read()?, staging).is_empty() {
+            return Err(Error::InvalidPath { path: staging.into(), reason: "another filesystem is mounted there" });
         }
 
-        let image = self.volume_image_path(id);
+        let image = self.volume_image_path(&id);
         let device = match req.access_type {
             AccessType::Mount => {
-                let grew = if live.mount_points.contains(&staging) {
+                let grew = if live.mount_points.iter().any(|p| p == staging) {
                     false
                 } else {
-                    self.mount_staging(&vol, &image, &staging, &opts, req.read_only)?
+                    self.mount_staging(vol, &image, staging, &opts, req.read_only)?
                 };
                 vol.fs_grow_pending &= !grew;
                 live.device.map(|d| d.path).or(loopdev::find(&image)?.map(|d| d.path)).unwrap_or_default()
@@ -251,24 +122,25 @@ impl Pool {
         };
         crate::failpoint::hit("stage.before-record");
         let st = StageRecord {
-            staging_path: staging.clone(),
+            staging_path: staging.into(),
             access_type: req.access_type,
             fs_type,
             read_only: req.read_only,
             mount_options: opts.given.clone(),
             device,
         };
-        vol.staged = Some(st.clone());
         vol.formatted |= req.access_type == AccessType::Mount;
         // The record itself changes only at the first stage (formatted) or
         // when a pending growth was done; the rest is node state.
-        let written = if (vol.formatted, vol.fs_grow_pending) == catalog_before {
-            self.write_node_state(&vol)
-        } else {
-            self.write_volume(&vol)
-        };
+        let mut written = Ok(());
+        if (vol.formatted, vol.fs_grow_pending) != catalog_before {
+            written = self.write_volume(vol);
+        }
+        state.staged = Some(st.clone());
+        written = written.and_then(|()| self.write_node_state(&id, state));
         if let Err(e) = written {
-            self.release(&vol, &staging);
+            self.release(vol, staging);
+            state.staged = None;
             return Err(e);
         }
         tracing::info!(volume = %id, staging = %staging.display(), device = %st.device.display(), "volume staged");
@@ -287,7 +159,7 @@ impl Pool {
         let dev = attached.device.path.clone();
         crate::failpoint::hit("stage.after-attach");
         let mut grew = false;
-        match filesystem::probe(&dev)? {
+        match fstools::probe(&dev)? {
             None if ro => {
                 return Err(Error::RefuseFormat {
                     id: vol.id.clone(),
@@ -308,14 +180,14 @@ impl Pool {
                 })
             }
             None => {
-                filesystem::format(&dev, fs_type, vol.thick)?;
+                fstools::format(&dev, fs_type, vol.thick)?;
                 grew = true;
             }
             Some(found) if found == fs_type.as_str() => {
                 if !ro {
-                    filesystem::check(&dev, fs_type)?;
-                    if vol.fs_grow_pending && fs_type == FsType::Ext4 {
-                        filesystem::grow_offline(&dev, fs_type)?;
+                    fstools::check(&dev, fs_type)?;
+                    if vol.fs_grow_pending && fstools::grows_offline(fs_type) {
+                        fstools::grow_offline(&dev, fs_type)?;
                         grew = true;
                     }
                 }
@@ -329,8 +201,8 @@ impl Pool {
             }
         }
         mount::mount_fs(&dev, staging, fs_type, opts, ro)?;
-        if vol.fs_grow_pending && !ro && fs_type != FsType::Ext4 {
-            if let Err(e) = filesystem::grow_online(&dev, staging, fs_type) {
+        if vol.fs_grow_pending && !ro && !fstools::grows_offline(fs_type) {
+            if let Err(e) = fstools::grow_online(&dev, staging, fs_type) {
                 let _ = mount::unmount(staging);
                 return Err(e);
             }
@@ -357,36 +229,47 @@ impl Pool {
     pub fn unstage(&self, id: &str, staging_path: &Path, remove_dir: bool) -> Result<()> {
         let staging = clean_path(staging_path)?;
         let _guard = self.lock_volume(id)?;
-        let mut vol = self.volume(id)?;
-        let live = self.reconcile(&mut vol)?;
-        let recorded = vol.staged.as_ref().map(|st| st.staging_path.clone());
-        if recorded.as_ref().is_some_and(|p| *p != staging) {
+        let (vol, mut state) = self.load(id)?;
+        self.unstage_locked(&vol, &mut state, &staging, remove_dir)
+    }
+
+    /// [`Pool::unstage`] with the volume locked and loaded; `staging` is clean.
+    pub(crate) fn unstage_locked(
+        &self,
+        vol: &Volume,
+        state: &mut NodeState,
+        staging: &Path,
+        remove_dir: bool,
+    ) -> Result<()> {
+        let live = self.reconcile(vol, state)?;
+        let recorded = state.staged.as_ref().map(|st| st.staging_path.clone());
+        if recorded.as_ref().is_some_and(|p| p != staging) {
             // Staged somewhere else: nothing is staged at this path.
             return Ok(());
         }
-        let busy = live.others(&[staging.as_path()]);
+        let busy = live.others(&[staging]);
         if !busy.is_empty() {
-            return Err(Error::VolumeInUse { id: id.into(), reason: format!("still published at {busy:?}") });
+            return Err(Error::VolumeInUse { id: vol.id.clone(), reason: format!("still published at {busy:?}") });
         }
-        if live.mount_points.contains(&staging) {
-            mount::unmount(&staging)?;
+        if live.mount_points.iter().any(|p| p == staging) {
+            mount::unmount(staging)?;
         }
         if let Some(dev) = &live.device {
             // Autoclear devices are already going; block and attach-mode
             // devices are released here. Nothing else uses it (checked above).
             loopdev::detach(dev)?;
         }
-        if vol.staged.take().is_some() {
-            self.write_node_state(&vol)?;
+        if state.staged.take().is_some() {
+            self.write_node_state(&vol.id, state)?;
         }
         if remove_dir {
-            match fs::remove_dir(&staging) {
+            match fs::remove_dir(staging) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove staging directory", &staging, e)),
+                Err(e) => return Err(Error::io("remove staging directory", staging, e)),
             }
         }
-        tracing::info!(volume = %id, staging = %staging.display(), "volume unstaged");
+        tracing::info!(volume = %vol.id, staging = %staging.display(), "volume unstaged");
         Ok(())
     }
 
@@ -396,23 +279,36 @@ impl Pool {
     pub fn publish(&self, id: &str, req: &PublishRequest) -> Result<()> {
         let staging = clean_path(&req.staging_path)?;
         let target = clean_path(&req.target_path)?;
+        let _guard = self.lock_volume(id)?;
+        let (vol, mut state) = self.load(id)?;
+        self.publish_locked(&vol, &mut state, &staging, &target, req)
+    }
+
+    /// [`Pool::publish`] with the volume locked and loaded; the paths are clean.
+    pub(crate) fn publish_locked(
+        &self,
+        vol: &Volume,
+        state: &mut NodeState,
+        staging: &Path,
+        target: &Path,
+        req: &PublishRequest,
+    ) -> Result<()> {
+        let id = vol.id.clone();
         if target == staging {
             return Err(Error::InvalidArgument("target path and staging path are the same".into()));
         }
-        let _guard = self.lock_volume(id)?;
-        let mut vol = self.volume(id)?;
-        check_access(&vol, req.access_type)?;
-        check_fs(&vol, req.access_type, req.fs_type)?;
+        check_access(vol, req.access_type)?;
+        check_fs(vol, req.access_type, req.fs_type)?;
         let opts = match req.access_type {
             AccessType::Mount => MountOptions::parse(&req.mount_options, Some(vol.fs_type))?,
             AccessType::Block => MountOptions::parse(&req.mount_options, None)?,
         };
-        let live = self.reconcile(&mut vol)?;
-        let (Some(st), Some(device)) = (&vol.staged, &live.device) else {
-            return Err(Error::NotStaged { id: id.into() });
+        let live = self.reconcile(vol, state)?;
+        let (Some(st), Some(device)) = (&state.staged, &live.device) else {
+            return Err(Error::NotStaged { id });
         };
         if st.staging_path != staging {
-            return Err(Error::NotStaged { id: id.into() });
+            return Err(Error::NotStaged { id });
         }
         let wanted = PublishRecord {
             access_type: req.access_type,
@@ -420,60 +316,74 @@ impl Pool {
             read_only: req.read_only,
             mount_options: opts.given.clone(),
         };
-        if live.mount_points.contains(&target) {
-            return match vol.published.get(&target) {
+        if live.mount_points.iter().any(|p| p == target) {
+            return match state.published.get(target) {
                 Some(existing) if *existing == wanted => Ok(()),
-                Some(_) => Err(Error::IncompatibleAtPath { id: id.into(), what: "published", path: target }),
+                Some(_) => Err(Error::IncompatibleAtPath { id, what: "published", path: target.into() }),
                 None => {
                     // Ours but unrecorded (records lost): adopt it when the
                     // kernel's read-only flag matches the request.
                     let mounts = mountinfo::read()?;
-                    let ro = mountinfo::at(&mounts, &target).last().is_some_and(|e| e.read_only());
+                    let ro = mountinfo::at(&mounts, target).last().is_some_and(|e| e.read_only());
                     if ro != req.read_only {
-                        return Err(Error::IncompatibleAtPath { id: id.into(), what: "published", path: target });
+                        return Err(Error::IncompatibleAtPath { id, what: "published", path: target.into() });
                     }
-                    vol.published.insert(target, wanted);
-                    self.write_node_state(&vol)
+                    state.published.insert(target.into(), wanted);
+                    self.write_node_state(&id, state)
                 }
             };
         }
-        let others = live.others(&[staging.as_path()]);
-        if !others.is_empty() && (req.exclusive || vol.published.values().any(|p| p.exclusive)) {
+        let others = live.others(&[staging]);
+        if !others.is_empty() && (req.exclusive || state.published.values().any(|p| p.exclusive)) {
             return Err(Error::VolumeInUse {
-                id: id.into(),
+                id,
                 reason: format!("a single-writer volume is already published at {others:?}"),
             });
         }
         let (source, created) = match req.access_type {
-            AccessType::Mount => (staging.clone(), prepare_dir(&target)?),
-            AccessType::Block => (device.path.clone(), prepare_file(&target)?),
+            AccessType::Mount => (staging.to_path_buf(), prepare_dir(target)?),
+            AccessType::Block => (device.path.clone(), prepare_file(target)?),
         };
-        if let Err(e) = mount::bind(&source, &target, req.read_only, &opts) {
+        if let Err(e) = mount::bind(&source, target, req.read_only, &opts) {
             if created {
-                let _ = fs::remove_dir(&target).or_else(|_| fs::remove_file(&target));
+                let _ = fs::remove_dir(target).or_else(|_| fs::remove_file(target));
             }
             return Err(e);
         }
         crate::failpoint::hit("publish.before-record");
-        vol.published.insert(target.clone(), wanted);
-        if let Err(e) = self.write_node_state(&vol) {
-            let _ = mount::cleanup(&target);
+        state.published.insert(target.into(), wanted);
+        if let Err(e) = self.write_node_state(&id, state) {
+            let _ = mount::cleanup(target);
+            state.published.remove(target);
             return Err(e);
         }
         tracing::info!(volume = %id, target = %target.display(), read_only = req.read_only, "volume published");
         Ok(())
     }
 
-    /// Unmounts and removes the target; a missing target is success.
+    /// Unmounts and removes the target; a missing target is success. An
+    /// ephemeral volume whose last target this was is unstaged and deleted
+    /// with it (see `lifecycle`).
     pub fn unpublish(&self, id: &str, target_path: &Path) -> Result<()> {
         let target = clean_path(target_path)?;
         let _guard = self.lock_volume(id)?;
-        let mut vol = self.volume(id)?;
-        mount::cleanup(&target)?;
-        if vol.published.remove(&target).is_some() {
-            self.write_node_state(&vol)?;
+        let (vol, mut state) = self.load(id)?;
+        self.unpublish_locked(&vol, &mut state, &target)?;
+        if vol.lifecycle == super::Lifecycle::Ephemeral {
+            let staging = self.internal_staging_path(id)?;
+            self.release_unused_locked(&vol, &mut state, &staging)?;
+            self.forget_target(&target);
         }
-        tracing::info!(volume = %id, target = %target.display(), "volume unpublished");
+        Ok(())
+    }
+
+    /// [`Pool::unpublish`] of one target, with the volume locked and loaded.
+    pub(crate) fn unpublish_locked(&self, vol: &Volume, state: &mut NodeState, target: &Path) -> Result<()> {
+        mount::cleanup(target)?;
+        if state.published.remove(target).is_some() {
+            self.write_node_state(&vol.id, state)?;
+        }
+        tracing::info!(volume = %vol.id, target = %target.display(), "volume unpublished");
         Ok(())
     }
 
@@ -482,14 +392,14 @@ impl Pool {
     /// Takes no lock: stats must not queue behind a long operation.
     pub fn stats(&self, id: &str, path: &Path) -> Result<VolumeStats> {
         let path = clean_path(path)?;
-        let vol = self.volume(id)?;
-        let live = self.live(&vol, &KernelView::read()?)?;
+        let (vol, state) = self.load(id)?;
+        let live = self.live(&vol, &state, &KernelView::read()?);
         if !live.mount_points.contains(&path) {
             return Err(Error::NotAtPath { id: id.into(), path });
         }
-        let mut condition = self.condition_of(&vol, &live);
+        let mut condition = self.condition_of(&vol, &state, &live);
         match (vol.access_type, &live.device) {
-            (AccessType::Mount, _) => match filesystem::usage(&path) {
+            (AccessType::Mount, _) => match fstools::usage(&path) {
                 Ok(usage) => Ok(VolumeStats { usage: Some(usage), total_bytes: usage.bytes_total, condition }),
                 Err(e) => {
                     condition = Condition::abnormal(format!("cannot read filesystem usage: {e}"));
@@ -503,40 +413,6 @@ impl Pool {
         }
     }
 
-    /// Health of a volume wherever it is (ControllerGetVolume).
-    pub fn condition(&self, id: &str) -> Result<Condition> {
-        let vol = self.volume(id)?;
-        let live = self.live(&vol, &KernelView::read()?)?;
-        Ok(self.condition_of(&vol, &live))
-    }
-
-    /// Health of many volumes from one reading of the kernel (ListVolumes).
-    pub fn conditions(&self, vols: &[Volume]) -> Result<Vec<Condition>> {
-        let view = KernelView::read()?;
-        vols.iter().map(|vol| Ok(self.condition_of(vol, &self.live(vol, &view)?))).collect()
-    }
-
-    fn condition_of(&self, vol: &Volume, live: &Live) -> Condition {
-        let image = self.volume_image_path(&vol.id);
-        match fs::metadata(&image) {
-            Err(e) => return Condition::abnormal(format!("image {} is unreadable: {e}", image.display())),
-            Ok(m) if m.len() < vol.capacity_bytes => {
-                return Condition::abnormal(format!("image is {} bytes, the volume {}", m.len(), vol.capacity_bytes))
-            }
-            Ok(_) => {}
-        }
-        match &vol.staged {
-            Some(st) if !live.staged => {
-                Condition::abnormal(format!("staging at {} has disappeared", st.staging_path.display()))
-            }
-            Some(st) if st.access_type == AccessType::Mount => match filesystem::usage(&st.staging_path) {
-                Ok(_) => Condition::healthy(),
-                Err(e) => Condition::abnormal(format!("staged filesystem does not answer: {e}")),
-            },
-            _ => Condition::healthy(),
-        }
-    }
-
     /// Grows the image to at least `new_size` if needed, refreshes the loop
     /// device and grows the staged filesystem. Returns the new capacity.
     /// When the kernel refuses to grow a mounted filesystem (ext4 here) and no
@@ -545,18 +421,18 @@ impl Pool {
     /// result is OnlineGrowRefused (the growth then happens at the next stage).
     pub fn node_expand(&self, id: &str, new_size: u64) -> Result<u64> {
         let _guard = self.lock_volume(id)?;
-        let mut vol = self.volume(id)?;
+        let (mut vol, mut state) = self.load(id)?;
         self.grow_image_locked(&mut vol, new_size)?;
         crate::failpoint::hit("expand.after-image");
-        let live = self.reconcile(&mut vol)?;
-        let (Some(st), Some(dev)) = (vol.staged.clone(), &live.device) else {
+        let live = self.reconcile(&vol, &mut state)?;
+        let (Some(st), Some(dev)) = (state.staged.clone(), &live.device) else {
             return Ok(vol.capacity_bytes);
         };
         loopdev::refresh_capacity(dev)?;
         if st.access_type == AccessType::Block || !vol.fs_grow_pending || st.read_only {
             return Ok(vol.capacity_bytes);
         }
-        match filesystem::grow_online(&dev.path, &st.staging_path, vol.fs_type) {
+        match fstools::grow_online(&dev.path, &st.staging_path, vol.fs_type) {
             Ok(()) => {}
             Err(Error::OnlineGrowRefused { .. }) if live.others(&[st.staging_path.as_path()]).is_empty() => {
                 self.grow_by_remount(&vol, &st)?;
@@ -577,53 +453,9 @@ impl Pool {
         let opts = MountOptions::parse(&st.mount_options, Some(vol.fs_type))?;
         mount::unmount(&st.staging_path)?;
         crate::failpoint::hit("expand.unmounted");
-        let grown = filesystem::grow_offline(&held.device.path, vol.fs_type);
+        let grown = fstools::grow_offline(&held.device.path, vol.fs_type);
         mount::mount_fs(&held.device.path, &st.staging_path, vol.fs_type, &opts, false)?;
         grown
-    }
-
-    /// The volume whose filesystem or device is mounted at `path`, if any
-    /// (FlexVolume `unmount` gets nothing but the path).
-    pub fn volume_at(&self, path: &Path) -> Result<Option<String>> {
-        let path = clean_path(path)?;
-        let mounts = mountinfo::read()?;
-        let Some(top) = mountinfo::at(&mounts, &path).last().copied() else { return Ok(None) };
-        // The loop device behind the mount: the bound device node (block), the
-        // mount source, or the device number (btrfs reports an anonymous one,
-        // so the source comes first).
-        let sys = if top.fs_type == "devtmpfs" {
-            let name = top.root.to_string_lossy().trim_start_matches('/').to_string();
-            PathBuf::from(format!("/sys/block/{name}/loop/backing_file"))
-        } else if let Some(name) = top.source.strip_prefix("/dev/").filter(|n| n.starts_with("loop")) {
-            PathBuf::from(format!("/sys/block/{name}/loop/backing_file"))
-        } else {
-            PathBuf::from(format!("/sys/dev/block/{}:{}/loop/backing_file", top.major, top.minor))
-        };
-        let Ok(backing) = fs::read_to_string(&sys) else { return Ok(None) };
-        let backing = PathBuf::from(backing.trim_end().trim_end_matches(" (deleted)"));
-        if backing.parent() != Some(self.root.join("volumes").as_path()) {
-            return Ok(None);
-        }
-        let id = backing.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".img"));
-        Ok(id.filter(|id| crate::id::validate(id).is_ok()).map(str::to_string))
-    }
-
-    /// The loop device backing the volume's image, if attached, and every
-    /// place the kernel has it mounted (staging, publishes, block binds):
-    /// for reports (the admin CLI's `inspect`).
-    pub fn live_mounts(&self, id: &str) -> Result<(Option<LoopDevice>, Vec<PathBuf>)> {
-        let vol = self.volume(id)?;
-        let live = self.live(&vol, &KernelView::read()?)?;
-        Ok((live.device, live.mount_points))
-    }
-
-    /// Paths where the volume is mounted besides its recorded staging path
-    /// (live publishes; with the records lost, the staging mount too).
-    pub fn users(&self, id: &str) -> Result<Vec<PathBuf>> {
-        let vol = self.volume(id)?;
-        let live = self.live(&vol, &KernelView::read()?)?;
-        let staging: Vec<&Path> = vol.staged.iter().map(|st| st.staging_path.as_path()).collect();
-        Ok(live.others(&staging))
     }
 
     /// Attaches the loop device without mounting (FlexVolume waitforattach);

@@ -1,4 +1,4 @@
-//! Privileged tests of the kernel-facing modules on real loop devices,
+//! Privileged tests of the kernel layer on real loop devices,
 //! filesystems and mounts. Each test works in its own [`Lab`] (a temp dir)
 //! whose drop unmounts every mount under it and detaches every loop device
 //! backed by a file under it, also when the test fails. The lab's cleanup
@@ -10,10 +10,13 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use loopvol_backend::copy::{copy_image, CopyMethod};
-use loopvol_backend::loopdev::{self, AttachOptions, Attached};
-use loopvol_backend::mount_options::MountOptions;
-use loopvol_backend::{fs, mount, mountinfo, Error, FsType};
+use super::copy::{copy_image, CopyMethod};
+use super::fstools as fs;
+use super::loopdev::{self, AttachOptions, Attached};
+use super::mount_options::MountOptions;
+use super::{mount, mountinfo};
+use crate::error::Error;
+use crate::filesystem::FsType;
 use nix::errno::Errno;
 
 const MIB: u64 = 1 << 20;
@@ -141,7 +144,7 @@ fn sys_errno(result: Result<impl std::fmt::Debug, Error>) -> Errno {
 
 macro_rules! privileged {
     ($name:expr) => {
-        if !loopvol_backend::testing::privileged($name) {
+        if !loopvol_test_support::privileged($name) {
             return;
         }
     };
@@ -160,13 +163,15 @@ fn loop_attach_is_idempotent_and_matched_by_inode() {
     assert_eq!(loopdev::size_bytes(&first.device.path).unwrap(), 64 * MIB);
     assert_eq!(loopdev::find(&image).unwrap().as_ref(), Some(&first.device));
 
-    // list() reports st_dev/st_ino as std's metadata does.
+    // list() reports st_dev/st_ino as std's metadata does, and the path.
     let meta = std::fs::metadata(&image).unwrap();
     let listed = loopdev::list().unwrap();
+    let id = (libc::major(meta.dev()), libc::minor(meta.dev()), meta.ino());
     assert!(
-        listed.iter().any(|(d, dev, ino)| *d == first.device && *dev == meta.dev() && *ino == meta.ino()),
+        listed.iter().any(|e| e.device == first.device && e.backing == id && e.backing_path == image),
         "{listed:?}"
     );
+    assert_eq!(loopdev::file_id(&image), Some(id));
 
     // A second attach reuses the device.
     let second = loopdev::attach(&image, AttachOptions::default()).unwrap();

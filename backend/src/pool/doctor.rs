@@ -4,14 +4,14 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::live::KernelView;
+use super::Pool;
 use crate::error::{Error, Result};
-use crate::pool::Pool;
+use crate::kernel::{lock, loopdev, record};
 use crate::types::AccessType;
-use crate::{lock, loopdev, record};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FindingKind {
@@ -64,8 +64,7 @@ impl Pool {
     pub fn doctor(&self, repair: bool) -> Result<Vec<Finding>> {
         let mut findings = Vec::new();
         let volumes_dir = self.root.join("volumes");
-        let view = crate::node::KernelView::read()?;
-        let mounts = &view.mounts;
+        let view = KernelView::read()?;
 
         // Records: parse each, note the IDs, check images and node state.
         let mut ids = BTreeSet::new();
@@ -76,7 +75,8 @@ impl Pool {
             }
             let Some(id) = name.strip_suffix(".json").filter(|id| crate::id::validate(id).is_ok()) else { continue };
             ids.insert(id.to_string());
-            match self.read_volume(id) {
+            match self.load(id) {
+                Err(Error::VolumeNotFound(_)) => {}
                 Err(e) => findings.push(Finding {
                     kind: FindingKind::CorruptRecord,
                     path,
@@ -84,8 +84,7 @@ impl Pool {
                     remedy: "left alone: restore it from a backup or remove it by hand",
                     repaired: false,
                 }),
-                Ok(None) => {}
-                Ok(Some(vol)) => {
+                Ok((vol, state)) => {
                     if !self.volume_image_path(id).exists() {
                         findings.push(Finding {
                             kind: FindingKind::RecordWithoutImage,
@@ -95,9 +94,9 @@ impl Pool {
                             repaired: false,
                         });
                     }
-                    let live = self.live(&vol, &view)?;
-                    let stale_stage = vol.staged.is_some() && !live.staged;
-                    let stale_targets = vol.published.keys().filter(|t| !live.mount_points.contains(t)).count();
+                    let live = self.live(&vol, &state, &view);
+                    let stale_stage = state.staged.is_some() && !live.staged;
+                    let stale_targets = state.published.keys().filter(|t| !live.mount_points.contains(t)).count();
                     if stale_stage || stale_targets > 0 {
                         let mut f = Finding {
                             kind: FindingKind::StaleNodeState,
@@ -111,8 +110,8 @@ impl Pool {
                         };
                         if repair {
                             let _guard = self.lock_volume(id)?;
-                            if let Some(mut fresh) = self.read_volume(id)? {
-                                self.reconcile(&mut fresh)?;
+                            if let Ok((fresh, mut state)) = self.load(id) {
+                                self.reconcile(&fresh, &mut state)?;
                                 f.repaired = true;
                             }
                         }
@@ -168,7 +167,8 @@ impl Pool {
         }
 
         // Loop devices of pool images: used by a mount or a block staging?
-        for (dev, backing) in loopdev::backing_files() {
+        for entry in &view.loops {
+            let (dev, backing) = (&entry.device, &entry.backing_path);
             let Some(id) = backing
                 .strip_prefix(&volumes_dir)
                 .ok()
@@ -178,28 +178,19 @@ impl Pool {
             else {
                 continue;
             };
-            let source = dev.path.to_string_lossy().to_string();
-            let rdev = fs::metadata(&dev.path).map(|m| m.rdev()).unwrap_or(0);
-            let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-            let mounted: Vec<_> = mounts
-                .iter()
-                .filter(|e| e.source == source || (u64::from(e.major) == major && u64::from(e.minor) == minor))
-                .collect();
+            let mounted = view.mount_points_of(entry);
             if !ids.contains(&id) && !mounted.is_empty() {
                 findings.push(Finding {
                     kind: FindingKind::MountWithoutRecord,
-                    path: mounted[0].mount_point.clone(),
+                    path: mounted[0].clone(),
                     detail: format!("{} ({}) has no record", dev.path.display(), backing.display()),
                     remedy: "left alone: a pod may be using it; unmount it by hand",
                     repaired: false,
                 });
                 continue;
             }
-            let block_staged = self
-                .read_volume(&id)
-                .ok()
-                .flatten()
-                .is_some_and(|v| v.access_type == AccessType::Block && v.staged.is_some());
+            let block_staged =
+                self.load(&id).is_ok_and(|(v, state)| v.access_type == AccessType::Block && state.staged.is_some());
             if mounted.is_empty() && !block_staged {
                 let mut f = Finding {
                     kind: FindingKind::UnusedLoopDevice,
@@ -210,7 +201,7 @@ impl Pool {
                 };
                 if repair {
                     let _guard = self.lock_volume(&id);
-                    f.repaired = loopdev::detach(&dev).is_ok();
+                    f.repaired = loopdev::detach(dev).is_ok();
                 }
                 findings.push(f);
             }
@@ -222,7 +213,7 @@ impl Pool {
         let dir = self.root.join("lost+found");
         fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         let name = path.file_name().unwrap_or_default();
-        let dest = dir.join(format!("{}.{}", name.to_string_lossy(), crate::pool::now()));
+        let dest = dir.join(format!("{}.{}", name.to_string_lossy(), super::now()));
         fs::rename(path, &dest).map_err(|e| Error::io("rename", &dest, e))?;
         record::sync_dir(&dir)
     }

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 
 use crate::error::{Error, Result};
-use crate::tools;
-use crate::types::{FsType, Usage};
+use crate::filesystem::{FsType, Fsck, Grow};
+use crate::kernel::tools;
+use crate::types::Usage;
 
 mod sys {
     // include/uapi/linux/fs.h: FIFREEZE _IOWR('X', 119, int), FITHAW _IOWR('X', 120, int).
@@ -47,30 +48,20 @@ fn parse_blkid_export(text: &str) -> String {
 }
 
 /// Makes a filesystem of type `fs` on `device`, overwriting whatever is there
-/// (the caller probes first and refuses to format a non-blank device).
-/// `thick` keeps the image's preallocation: mkfs must not discard (TRIM) the
-/// device, which on a loop device punches holes into the image.
+/// (the caller probes first and refuses to format a non-blank device), with
+/// the mkfs program and flags of the filesystem's policy. `thick` keeps the
+/// image's preallocation: mkfs must not discard (TRIM) the device, which on a
+/// loop device punches holes into the image.
 ///
 /// Errors: mkfs fails (`Error::Tool`), e.g. mkfs.xfs on less than 300 MiB.
 pub fn format(device: &Path, fs: FsType, thick: bool) -> Result<()> {
-    let dev = device.as_os_str();
-    let args: Vec<&OsStr> = match fs {
-        // mkfs.ext4(8): -F even if it looks in use / is not a partition; -q quiet.
-        FsType::Ext4 if thick => vec!["-F", "-q", "-E", "nodiscard"].into_iter().map(OsStr::new).chain([dev]).collect(),
-        FsType::Ext4 => vec![OsStr::new("-F"), OsStr::new("-q"), dev],
-        // mkfs.xfs(8): -f overwrite, -K do not discard.
-        FsType::Xfs if thick => vec![OsStr::new("-f"), OsStr::new("-q"), OsStr::new("-K"), dev],
-        FsType::Xfs => vec![OsStr::new("-f"), OsStr::new("-q"), dev],
-        // mkfs.btrfs(8): -f overwrite, -K (--nodiscard).
-        FsType::Btrfs if thick => vec![OsStr::new("-f"), OsStr::new("-q"), OsStr::new("-K"), dev],
-        FsType::Btrfs => vec![OsStr::new("-f"), OsStr::new("-q"), dev],
-    };
-    let program = match fs {
-        FsType::Ext4 => "mkfs.ext4",
-        FsType::Xfs => "mkfs.xfs",
-        FsType::Btrfs => "mkfs.btrfs",
-    };
-    tools::run(program, &args)?;
+    let policy = fs.policy();
+    let mut args: Vec<&OsStr> = policy.mkfs_args.iter().map(OsStr::new).collect();
+    if thick {
+        args.extend(policy.mkfs_nodiscard.iter().map(OsStr::new));
+    }
+    args.push(device.as_os_str());
+    tools::run(policy.mkfs, &args)?;
     Ok(())
 }
 
@@ -82,9 +73,9 @@ pub fn format(device: &Path, fs: FsType, thick: bool) -> Result<()> {
 /// Errors: e2fsck exits 2 or more (`Error::FsckFailed` with its output):
 /// 4 = errors left uncorrected, 8 = operational error (e.g. mounted).
 pub fn check(device: &Path, fs: FsType) -> Result<()> {
-    match fs {
-        FsType::Ext4 => e2fsck(device, &["-p"]),
-        FsType::Xfs | FsType::Btrfs => Ok(()),
+    match fs.policy().fsck {
+        Fsck::E2fsck => e2fsck(device, &["-p"]),
+        Fsck::AtMount => Ok(()),
     }
 }
 
@@ -103,14 +94,13 @@ fn e2fsck(device: &Path, flags: &[&str]) -> Result<()> {
     }
 }
 
-/// Size in bytes of the filesystem on an unmounted device (ext4: `dumpe2fs
-/// -h`: Block count × Block size), or None for xfs and btrfs, which grow
-/// only when mounted. Read-only.
-///
-/// Errors: dumpe2fs fails (`Error::Tool`) or prints no block count/size
-/// (`Error::Tool` with the reason).
+/// Size in bytes of the filesystem on an unmounted device, for filesystems
+/// that grow offline (ext4: `dumpe2fs -h`: Block count × Block size), or
+/// None for the others, which grow only when mounted. Read-only. The tests
+/// use it to check growth.
+#[cfg(test)]
 pub fn fs_size(device: &Path, fs: FsType) -> Result<Option<u64>> {
-    if fs != FsType::Ext4 {
+    if !grows_offline(fs) {
         return Ok(None);
     }
     let out = tools::run("dumpe2fs", &[OsStr::new("-h"), device.as_os_str()])?;
@@ -122,6 +112,7 @@ pub fn fs_size(device: &Path, fs: FsType) -> Result<Option<u64>> {
     })
 }
 
+#[cfg(test)]
 fn parse_dumpe2fs_size(text: &str) -> Option<u64> {
     let field = |key: &str| -> Option<u64> {
         text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).and_then(|v| v.trim().parse().ok())
@@ -129,20 +120,26 @@ fn parse_dumpe2fs_size(text: &str) -> Option<u64> {
     field("Block count")?.checked_mul(field("Block size")?)
 }
 
-/// Grows an unmounted ext4 to fill its device: `e2fsck -f -p` (resize2fs
-/// insists on a freshly checked filesystem) then `resize2fs`. No-op for xfs
-/// and btrfs (they grow online). Idempotent: a filesystem that already fills
-/// its device is left as is.
+/// Whether the filesystem can grow unmounted ([`grow_offline`]); the others
+/// grow only while mounted.
+pub fn grows_offline(fs: FsType) -> bool {
+    fs.policy().grow == Grow::Resize2fs
+}
+
+/// Grows an unmounted filesystem to fill its device, for the filesystems
+/// that can ([`grows_offline`]): `e2fsck -f -p` (resize2fs insists on a
+/// freshly checked filesystem) then `resize2fs`. No-op for the others.
+/// Idempotent: a filesystem that already fills its device is left as is.
 ///
 /// Errors: `Error::FsckFailed` from e2fsck, `Error::Tool` from resize2fs.
 pub fn grow_offline(device: &Path, fs: FsType) -> Result<()> {
-    match fs {
-        FsType::Ext4 => {
+    match fs.policy().grow {
+        Grow::Resize2fs => {
             e2fsck(device, &["-f", "-p"])?;
             tools::run("resize2fs", &[device])?;
             Ok(())
         }
-        FsType::Xfs | FsType::Btrfs => Ok(()),
+        Grow::AtMountPoint { .. } => Ok(()),
     }
 }
 
@@ -155,26 +152,26 @@ pub fn grow_offline(device: &Path, fs: FsType) -> Result<()> {
 /// kernel, or EOPNOTSUPP/ENOTTY): unmount and use [`grow_offline`].
 /// `Error::Tool` for any other failure.
 pub fn grow_online(device: &Path, mount_point: &Path, fs: FsType) -> Result<()> {
-    match fs {
-        FsType::Ext4 => {
+    let policy = fs.policy();
+    match policy.grow {
+        Grow::Resize2fs => {
             let out = tools::run_any("resize2fs", &[device])?;
             if out.status.success() {
                 return Ok(());
             }
             match refused_errno(&String::from_utf8_lossy(&out.stderr)) {
-                Some(errno) => {
-                    Err(Error::OnlineGrowRefused { fs_type: "ext4", mount_point: mount_point.to_path_buf(), errno })
-                }
+                Some(errno) => Err(Error::OnlineGrowRefused {
+                    fs_type: policy.name,
+                    mount_point: mount_point.to_path_buf(),
+                    errno,
+                }),
                 None => Err(tools::tool_error("resize2fs", &out)),
             }
         }
-        FsType::Xfs => {
-            tools::run("xfs_growfs", &[OsStr::new("-d"), mount_point.as_os_str()])?;
-            Ok(())
-        }
-        FsType::Btrfs => {
-            let args = [OsStr::new("filesystem"), OsStr::new("resize"), OsStr::new("max"), mount_point.as_os_str()];
-            tools::run("btrfs", &args)?;
+        Grow::AtMountPoint { program, args } => {
+            let mut argv: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+            argv.push(mount_point.as_os_str());
+            tools::run(program, &argv)?;
             Ok(())
         }
     }
@@ -225,6 +222,8 @@ pub struct Frozen {
     thawed: bool,
 }
 
+// The snapshot path only drops the guard; the tests use the rest.
+#[cfg_attr(not(test), allow(dead_code))]
 impl Frozen {
     /// The mount point that is frozen.
     pub fn mount_point(&self) -> &Path {

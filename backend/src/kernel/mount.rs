@@ -11,15 +11,16 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 
 use crate::error::{Error, Result};
-use crate::mount_options::MountOptions;
-use crate::types::FsType;
+use crate::filesystem::FsType;
+use crate::kernel::mount_options::MountOptions;
 
 /// Flags every filesystem mount of a volume gets.
 const ALWAYS: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
 
 /// Mounts the filesystem on `device` at `target` (which must exist) with
-/// `opts`, always nosuid and nodev; `read_only` adds MS_RDONLY. xfs always
-/// gets `nouuid` so a clone (same UUID) can be mounted beside its source.
+/// `opts`, always nosuid and nodev; `read_only` adds MS_RDONLY. The
+/// filesystem's policy adds its own data options (xfs: `nouuid`, so a clone
+/// with the same UUID mounts beside its source).
 ///
 /// Not idempotent by itself: mounting twice stacks a second mount; the caller
 /// checks mountinfo first. Errors: `Error::Sys` with the errno of mount(2)
@@ -31,12 +32,12 @@ pub fn mount_fs(device: &Path, target: &Path, fs: FsType, opts: &MountOptions, r
         flags |= MsFlags::MS_RDONLY;
     }
     let mut data = opts.data.clone();
-    if fs == FsType::Xfs {
-        // xfs refuses a second filesystem with a UUID that is already mounted.
+    let always = fs.policy().mount_data;
+    if !always.is_empty() {
         if !data.is_empty() {
             data.push(',');
         }
-        data.push_str("nouuid");
+        data.push_str(always);
     }
     let data = (!data.is_empty()).then_some(data.as_str());
     tracing::debug!(device = %device.display(), target = %target.display(), %fs, ?flags, ?data, "mount");

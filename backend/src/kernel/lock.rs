@@ -17,13 +17,6 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct Guard {
     _lock: Flock<File>,
-    name: String,
-}
-
-impl Guard {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 /// Takes the exclusive lock `dir/<name>.lock`, polling for up to `wait`
@@ -43,7 +36,7 @@ pub fn acquire(dir: &Path, name: &str, wait: Duration) -> Result<Guard> {
             .open(&path)
             .map_err(|e| Error::io("open lock", &path, e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(Guard { _lock: lock, name: name.to_string() }),
+            Ok(lock) => return Ok(Guard { _lock: lock }),
             Err((_, Errno::EWOULDBLOCK)) => {}
             Err((_, Errno::EINTR)) => continue,
             Err((_, errno)) => return Err(Error::sys("flock", &path, errno)),

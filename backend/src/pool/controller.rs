@@ -1,71 +1,31 @@
-//! The pool: a directory that holds every volume and snapshot as a sparse
-//! image file plus a JSON record, and the controller-side operations on them.
-//!
-//! Layout:
-//! ```text
-//! <pool>/volumes/<id>.img   <id>.json
-//! <pool>/snapshots/<id>.img <id>.json
-//! <pool>/groups/<id>.json
-//! <pool>/locks/<name>.lock
-//! <pool>/staging/<id>/      staging mounts the pool makes itself (ephemeral volumes)
-//! ```
+//! Controller-side operations: create (blank, from a snapshot, as a clone),
+//! delete, expand, snapshots and group snapshots, FlexVolume attach mode.
+//! Each is idempotent and takes the locks of the objects it changes.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, FallocateFlags};
-use nix::sys::statvfs::statvfs;
-use serde::{Deserialize, Serialize};
 
+use super::catalog::{
+    GroupSnapshot, Lifecycle, Snapshot, Source, Volume, SNAPSHOT_RECORD_VERSION, VOLUME_RECORD_VERSION,
+};
+use super::{now, Pool, SIZE_ALIGN};
 use crate::error::{Error, Result};
-use crate::types::{AccessType, FsType};
-use crate::{copy, failpoint, id, lock, loopdev, record};
-
-/// Tunables of an open pool.
-#[derive(Debug, Clone)]
-pub struct PoolOptions {
-    /// How long an operation waits for another holder of the same volume's
-    /// lock before giving up with `Error::Busy`.
-    pub lock_wait: Duration,
-    /// Size of a volume created without a requested size.
-    pub default_size: u64,
-    /// Filesystem of a mount volume created without an fs type.
-    pub default_fs: FsType,
-}
-
-impl Default for PoolOptions {
-    fn default() -> Self {
-        PoolOptions { lock_wait: Duration::from_secs(30), default_size: 1 << 30, default_fs: FsType::Ext4 }
-    }
-}
+use crate::filesystem::FsType;
+use crate::kernel::{copy, fstools, loopdev, record};
+use crate::types::AccessType;
+use crate::{failpoint, id};
 
 /// CSI-style capacity range; 0 means "not set".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CapacityRange {
     pub required: u64,
     pub limit: u64,
-}
-
-/// Where a new volume's content comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "kind", content = "id")]
-pub enum Source {
-    Snapshot(String),
-    Volume(String),
-}
-
-/// What `<id>.state` holds.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct NodeState {
-    #[serde(default)]
-    staged: Option<crate::node::StageRecord>,
-    #[serde(default)]
-    published: BTreeMap<PathBuf, crate::node::PublishRecord>,
 }
 
 /// A request to create a volume. Idempotent on `name`.
@@ -84,76 +44,7 @@ pub struct CreateVolume {
     pub source: Option<Source>,
     /// Free-form parameters kept in the record (StorageClass parameters).
     pub parameters: BTreeMap<String, String>,
-}
-
-/// A volume's catalog record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Volume {
-    pub id: String,
-    pub name: String,
-    pub capacity_bytes: u64,
-    pub fs_type: FsType,
-    pub access_type: AccessType,
-    pub thick: bool,
-    pub source: Option<Source>,
-    /// Seconds since the Unix epoch.
-    pub created_at: u64,
-    #[serde(default)]
-    pub parameters: BTreeMap<String, String>,
-    /// The image is larger than the filesystem on it: grow it at the next stage.
-    #[serde(default)]
-    pub fs_grow_pending: bool,
-    /// A filesystem was made on (or found on) the image and mounted. Once set,
-    /// a device on which blkid finds nothing is corrupted, not blank, and is
-    /// never formatted again (that would destroy the data for good).
-    #[serde(default)]
-    pub formatted: bool,
-    /// FlexVolume attach mode: the node that holds the volume.
-    #[serde(default)]
-    pub attached_node: Option<String>,
-    /// Node state, reconciled with the kernel before it is trusted. Kept in
-    /// `<id>.state` beside the record, not in it (see `write_node_state`);
-    /// read here only from records written before that split.
-    #[serde(default, skip_serializing)]
-    pub staged: Option<crate::node::StageRecord>,
-    #[serde(default, skip_serializing)]
-    pub published: BTreeMap<PathBuf, crate::node::PublishRecord>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub id: String,
-    pub name: String,
-    pub source_volume_id: String,
-    /// Size of the source volume when the snapshot was taken.
-    pub size_bytes: u64,
-    pub fs_type: FsType,
-    pub access_type: AccessType,
-    pub created_at: u64,
-    /// Set when the snapshot belongs to a group snapshot.
-    #[serde(default)]
-    pub group_id: Option<String>,
-    pub ready: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupSnapshot {
-    pub id: String,
-    pub name: String,
-    pub snapshot_ids: Vec<String>,
-    pub source_volume_ids: Vec<String>,
-    pub created_at: u64,
-    pub ready: bool,
-}
-
-/// Space in the pool. Volumes reserve their whole capacity (thin images are
-/// not overcommitted: a full pool would turn into I/O errors inside pods).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capacity {
-    pub total_bytes: u64,
-    pub available_bytes: u64,
-    /// Largest volume that can still be created.
-    pub max_volume_bytes: u64,
+    pub lifecycle: Lifecycle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,252 +54,12 @@ pub struct ExpandOutcome {
     pub node_expansion_required: bool,
 }
 
-/// An open pool. Cheap to share between threads (`&Pool` methods); every
-/// method takes the file locks it needs.
-#[derive(Debug)]
-pub struct Pool {
-    pub(crate) root: PathBuf,
-    pub(crate) options: PoolOptions,
-}
-
 /// Prefixes of IDs derived by hashing a name that is not itself a valid ID.
 const VOLUME_ID_PREFIX: &str = "lv-";
 const SNAPSHOT_ID_PREFIX: &str = "ls-";
 const GROUP_ID_PREFIX: &str = "lg-";
 
-/// Image sizes are rounded up to this (the loop driver works in 512-byte
-/// sectors; whole MiB keep filesystems' geometry simple).
-const SIZE_ALIGN: u64 = 1 << 20;
-
-pub(crate) fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl Pool {
-    /// Opens (creating if needed) the pool at `root`. Cheap: it creates the
-    /// directories and nothing else, so one-shot FlexVolume calls stay fast;
-    /// the CSI server calls [`Pool::reconcile_all`] once at start-up.
-    pub fn open(root: &Path, options: PoolOptions) -> Result<Pool> {
-        if root.as_os_str().is_empty() {
-            return Err(Error::InvalidPath { path: root.into(), reason: "empty pool path" });
-        }
-        for dir in ["", "volumes", "snapshots", "groups", "locks", "staging"] {
-            let path = root.join(dir);
-            match fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(Error::io("create pool directory", &path, e)),
-            }
-        }
-        let root = fs::canonicalize(root).map_err(|e| Error::io("resolve pool directory", root, e))?;
-        Ok(Pool { root, options })
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    pub fn options(&self) -> &PoolOptions {
-        &self.options
-    }
-
-    /// Checks that the pool directory is reachable and writable (CSI Probe).
-    pub fn probe(&self) -> Result<()> {
-        let path = self.root.join(format!(".probe.{}", std::process::id()));
-        record::write_bytes(&path, b"ok")?;
-        record::remove(&path)
-    }
-
-    // ---- paths and locks ----
-
-    pub(crate) fn volume_record_path(&self, id: &str) -> PathBuf {
-        self.root.join("volumes").join(format!("{id}.json"))
-    }
-
-    /// The image file of a volume (IDs are validated before this is called).
-    pub fn volume_image_path(&self, id: &str) -> PathBuf {
-        self.root.join("volumes").join(format!("{id}.img"))
-    }
-
-    fn snapshot_record_path(&self, id: &str) -> PathBuf {
-        self.root.join("snapshots").join(format!("{id}.json"))
-    }
-
-    fn snapshot_image_path(&self, id: &str) -> PathBuf {
-        self.root.join("snapshots").join(format!("{id}.img"))
-    }
-
-    fn group_record_path(&self, id: &str) -> PathBuf {
-        self.root.join("groups").join(format!("{id}.json"))
-    }
-
-    /// A staging directory owned by the pool (ephemeral volumes, tools).
-    pub fn internal_staging_path(&self, id: &str) -> Result<PathBuf> {
-        id::validate(id)?;
-        Ok(self.root.join("staging").join(id))
-    }
-
-    pub(crate) fn lock_volume(&self, id: &str) -> Result<lock::Guard> {
-        id::validate(id)?;
-        lock::acquire(&self.root.join("locks"), &format!("vol.{id}"), self.options.lock_wait)
-    }
-
-    fn lock_snapshot(&self, id: &str) -> Result<lock::Guard> {
-        lock::acquire(&self.root.join("locks"), &format!("snap.{id}"), self.options.lock_wait)
-    }
-
-    fn lock_group(&self, id: &str) -> Result<lock::Guard> {
-        lock::acquire(&self.root.join("locks"), &format!("group.{id}"), self.options.lock_wait)
-    }
-
-    /// Serialises space accounting with the allocation it guards, so two
-    /// creates cannot both spend the same free bytes. Always taken last.
-    fn lock_allocation(&self) -> Result<lock::Guard> {
-        lock::acquire(&self.root.join("locks"), "allocation", self.options.lock_wait)
-    }
-
-    // ---- records ----
-
-    /// A volume's node state file: what is staged and published on this node.
-    fn node_state_path(&self, id: &str) -> PathBuf {
-        self.root.join("volumes").join(format!("{id}.state"))
-    }
-
-    /// The record with its node state. Node state that does not parse (a
-    /// power loss caught it mid-write) reads as empty: the mounts it
-    /// described died with the machine, and the kernel is asked anyway.
-    pub(crate) fn read_volume(&self, id: &str) -> Result<Option<Volume>> {
-        let Some(mut vol) = record::read::<Volume>(&self.volume_record_path(id))? else { return Ok(None) };
-        match record::read::<NodeState>(&self.node_state_path(id)) {
-            Ok(Some(state)) => (vol.staged, vol.published) = (state.staged, state.published),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(volume = %id, error = %e, "node state unreadable; asking the kernel instead");
-                (vol.staged, vol.published) = (None, BTreeMap::new());
-            }
-        }
-        Ok(Some(vol))
-    }
-
-    /// Writes the record (durably) and the node state.
-    pub(crate) fn write_volume(&self, vol: &Volume) -> Result<()> {
-        record::write(&self.volume_record_path(&vol.id), vol)?;
-        self.write_node_state(vol)
-    }
-
-    /// Writes only the node state (staged, published), without any fsync:
-    /// it describes mounts, which a power loss takes away too, and every
-    /// operation reconciles it with the kernel (and adopts mounts it lost)
-    /// before trusting it. This keeps fsyncs, and the journal commits they
-    /// force, off NodePublish and NodeUnpublish.
-    pub(crate) fn write_node_state(&self, vol: &Volume) -> Result<()> {
-        let state = NodeState { staged: vol.staged.clone(), published: vol.published.clone() };
-        record::write_with(&self.node_state_path(&vol.id), &state, record::Durability::Volatile)
-    }
-
-    /// VolumeNotFound when missing.
-    pub fn volume(&self, id: &str) -> Result<Volume> {
-        id::validate(id)?;
-        self.read_volume(id)?.ok_or_else(|| Error::VolumeNotFound(id.to_string()))
-    }
-
-    /// All volumes, sorted by ID (stable for pagination). A volume deleted
-    /// while listing is left out.
-    pub fn volumes(&self) -> Result<Vec<Volume>> {
-        let mut out = Vec::new();
-        for id in self.volume_ids()? {
-            out.extend(self.read_volume(&id)?);
-        }
-        Ok(out)
-    }
-
-    /// The IDs of all volumes, sorted, from the directory alone (a page of a
-    /// listing then reads only its own records).
-    pub fn volume_ids(&self) -> Result<Vec<String>> {
-        let dir = self.root.join("volumes");
-        let mut ids: Vec<String> = fs::read_dir(&dir)
-            .map_err(|e| Error::io("list", &dir, e))?
-            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-            .filter(|name| !name.starts_with('.'))
-            .filter_map(|name| name.strip_suffix(".json").map(str::to_string))
-            .filter(|id| id::validate(id).is_ok())
-            .collect();
-        ids.sort();
-        Ok(ids)
-    }
-
-    pub fn snapshot(&self, id: &str) -> Result<Snapshot> {
-        id::validate(id).map_err(|_| Error::SnapshotNotFound(id::truncate(id)))?;
-        record::read(&self.snapshot_record_path(id))?.ok_or_else(|| Error::SnapshotNotFound(id.to_string()))
-    }
-
-    /// All snapshots sorted by ID.
-    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        self.read_all("snapshots")
-    }
-
-    pub fn group_snapshot(&self, id: &str) -> Result<GroupSnapshot> {
-        id::validate(id).map_err(|_| Error::SnapshotNotFound(id::truncate(id)))?;
-        record::read(&self.group_record_path(id))?.ok_or_else(|| Error::SnapshotNotFound(id.to_string()))
-    }
-
-    /// Reads every `*.json` record of a directory, sorted by file name. A
-    /// record deleted between listing and reading is skipped.
-    fn read_all<T: serde::de::DeserializeOwned>(&self, dir: &str) -> Result<Vec<T>> {
-        let dir = self.root.join(dir);
-        let mut names: Vec<String> = fs::read_dir(&dir)
-            .map_err(|e| Error::io("list", &dir, e))?
-            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-            .filter(|name| !name.starts_with('.') && name.ends_with(".json"))
-            .collect();
-        names.sort();
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            if let Some(rec) = record::read(&dir.join(name))? {
-                out.push(rec);
-            }
-        }
-        Ok(out)
-    }
-
-    // ---- capacity ----
-
-    pub fn capacity(&self) -> Result<Capacity> {
-        let st = statvfs(&self.root).map_err(|e| Error::sys("statvfs", &self.root, e))?;
-        let frsize = st.fragment_size();
-        let total = st.blocks().saturating_mul(frsize);
-        let free = st.blocks_available().saturating_mul(frsize);
-        // Every image is as long as its volume's capacity, so its reservation
-        // is its length minus what is already allocated: a stat per image,
-        // no record to parse (create runs this under the allocation lock).
-        let dir = self.root.join("volumes");
-        let mut reserved = 0u64;
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') || !name.ends_with(".img") {
-                continue;
-            }
-            if let Ok(m) = entry.metadata() {
-                reserved = reserved.saturating_add(m.len().saturating_sub(m.blocks() * 512));
-            }
-        }
-        let available = free.saturating_sub(reserved);
-        Ok(Capacity {
-            total_bytes: total,
-            available_bytes: available,
-            max_volume_bytes: available / SIZE_ALIGN * SIZE_ALIGN,
-        })
-    }
-
-    fn ensure_space(&self, needed: u64) -> Result<()> {
-        let cap = self.capacity()?;
-        if needed > cap.available_bytes {
-            return Err(Error::Exhausted { requested: needed, available: cap.available_bytes });
-        }
-        Ok(())
-    }
-
     // ---- volumes ----
 
     /// Creates a volume, or returns the existing one when `name` was already
@@ -420,13 +71,14 @@ impl Pool {
     /// place; the record, written last, is the commit point. A crash leaves at
     /// worst an image without a record, which the retry overwrites.
     pub fn create_volume(&self, req: &CreateVolume) -> Result<Volume> {
-        id::validate_name(&req.name)?;
-        let id = match &req.id {
-            Some(id) => id.clone(),
-            None => id::from_name(VOLUME_ID_PREFIX, &req.name),
-        };
-        id::validate(&id)?;
+        let id = volume_id_of(req)?;
         let _guard = self.lock_volume(&id)?;
+        self.create_volume_locked(&id, req)
+    }
+
+    /// [`Pool::create_volume`] with the volume's lock held.
+    pub(crate) fn create_volume_locked(&self, id: &str, req: &CreateVolume) -> Result<Volume> {
+        let id = id.to_string();
         if let Some(existing) = self.read_volume(&id)? {
             check_compatible(&existing, req, self.options.default_fs)?;
             return Ok(existing);
@@ -495,6 +147,7 @@ impl Pool {
         drop(source_guard);
 
         let vol = Volume {
+            version: VOLUME_RECORD_VERSION,
             id: id.clone(),
             name: req.name.clone(),
             capacity_bytes: size,
@@ -507,8 +160,7 @@ impl Pool {
             fs_grow_pending: source_image.is_some() && size > source_size,
             formatted: false,
             attached_node: None,
-            staged: None,
-            published: BTreeMap::new(),
+            lifecycle: req.lifecycle,
         };
         if let Err(e) = self.write_volume(&vol) {
             let _ = fs::remove_file(&image);
@@ -527,9 +179,15 @@ impl Pool {
             return Ok(());
         }
         let _guard = self.lock_volume(id)?;
+        self.delete_volume_locked(id)
+    }
+
+    /// [`Pool::delete_volume`] with the volume's lock held.
+    pub(crate) fn delete_volume_locked(&self, id: &str) -> Result<()> {
         let image = self.volume_image_path(id);
-        if let Some(mut vol) = self.read_volume(id)? {
-            let live = self.reconcile(&mut vol)?;
+        if let Some(vol) = self.read_volume(id)? {
+            let mut state = self.node_state(id)?;
+            let live = self.reconcile(&vol, &mut state)?;
             if live.staged || !live.mount_points.is_empty() {
                 return Err(Error::VolumeInUse { id: id.into(), reason: "it is staged or published".into() });
             }
@@ -541,7 +199,7 @@ impl Pool {
             }
             record::remove(&self.volume_record_path(id))?;
         }
-        record::remove(&self.node_state_path(id))?;
+        self.remove_node_state(id)?;
         record::remove(&image)?;
         tracing::info!(volume = %id, "volume deleted");
         Ok(())
@@ -553,9 +211,9 @@ impl Pool {
     /// full. The filesystem grows at the next stage or by `node_expand`.
     pub fn expand_volume(&self, id: &str, new_size: u64) -> Result<ExpandOutcome> {
         let _guard = self.lock_volume(id)?;
-        let mut vol = self.volume(id)?;
+        let (mut vol, mut state) = self.load(id)?;
         self.grow_image_locked(&mut vol, new_size)?;
-        let live = self.reconcile(&mut vol)?;
+        let live = self.reconcile(&vol, &mut state)?;
         Ok(ExpandOutcome {
             capacity_bytes: vol.capacity_bytes,
             node_expansion_required: vol.access_type == AccessType::Mount && live.staged,
@@ -586,12 +244,16 @@ impl Pool {
     }
 
     /// Freezes the volume's staged filesystem, if it is mounted read-write.
-    fn freeze_if_mounted(&self, id: &str) -> Result<Option<crate::fs::Frozen>> {
-        let Some(mut vol) = self.read_volume(id)? else { return Ok(None) };
-        let live = self.reconcile(&mut vol)?;
-        match &vol.staged {
+    fn freeze_if_mounted(&self, id: &str) -> Result<Option<fstools::Frozen>> {
+        let (vol, mut state) = match self.load(id) {
+            Ok(loaded) => loaded,
+            Err(Error::VolumeNotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let live = self.reconcile(&vol, &mut state)?;
+        match &state.staged {
             Some(st) if live.staged && st.access_type == AccessType::Mount && !st.read_only => {
-                Ok(Some(crate::fs::freeze(&st.staging_path)?))
+                Ok(Some(fstools::freeze(&st.staging_path)?))
             }
             _ => Ok(None),
         }
@@ -605,7 +267,7 @@ impl Pool {
         id::validate_name(name)?;
         let sid = id::from_name(SNAPSHOT_ID_PREFIX, name);
         let _guard = self.lock_snapshot(&sid)?;
-        if let Some(existing) = record::read::<Snapshot>(&self.snapshot_record_path(&sid))? {
+        if let Some(existing) = self.read_snapshot(&sid)? {
             if existing.source_volume_id != source_volume_id || existing.name != name {
                 return Err(Error::SnapshotNameConflict {
                     name: name.into(),
@@ -642,6 +304,7 @@ impl Pool {
         record::sync_dir(&self.root.join("snapshots"))?;
         failpoint::hit("snapshot.before-record");
         let snap = Snapshot {
+            version: SNAPSHOT_RECORD_VERSION,
             id: sid.into(),
             name: name.into(),
             source_volume_id: vol.id.clone(),
@@ -652,7 +315,7 @@ impl Pool {
             group_id: group_id.map(str::to_string),
             ready: true,
         };
-        record::write(&self.snapshot_record_path(sid), &snap)?;
+        self.write_snapshot(&snap)?;
         tracing::info!(snapshot = %sid, volume = %vol.id, "snapshot created");
         Ok(snap)
     }
@@ -663,7 +326,7 @@ impl Pool {
             return Ok(());
         }
         let _guard = self.lock_snapshot(id)?;
-        if let Some(snap) = record::read::<Snapshot>(&self.snapshot_record_path(id))? {
+        if let Some(snap) = self.read_snapshot(id)? {
             if let Some(group) = &snap.group_id {
                 if self.group_record_path(group).exists() {
                     return Err(Error::InvalidArgument(format!(
@@ -692,7 +355,7 @@ impl Pool {
         members.dedup();
         let gid = id::from_name(GROUP_ID_PREFIX, name);
         let _guard = self.lock_group(&gid)?;
-        if let Some(existing) = record::read::<GroupSnapshot>(&self.group_record_path(&gid))? {
+        if let Some(existing) = self.read_group(&gid)? {
             let mut have = existing.source_volume_ids.clone();
             have.sort();
             if have != members {
@@ -734,6 +397,7 @@ impl Pool {
             return Err(e);
         }
         let group = GroupSnapshot {
+            version: SNAPSHOT_RECORD_VERSION,
             id: gid.clone(),
             name: name.into(),
             snapshot_ids: snaps.iter().map(|s| s.id.clone()).collect(),
@@ -741,7 +405,7 @@ impl Pool {
             created_at: now(),
             ready: true,
         };
-        record::write(&self.group_record_path(&gid), &group)?;
+        self.write_group(&group)?;
         Ok(group)
     }
 
@@ -751,7 +415,7 @@ impl Pool {
             return Ok(());
         }
         let _guard = self.lock_group(id)?;
-        let Some(group) = record::read::<GroupSnapshot>(&self.group_record_path(id))? else { return Ok(()) };
+        let Some(group) = self.read_group(id)? else { return Ok(()) };
         // The group record goes last: a crash midway leaves a group whose
         // delete can simply be repeated.
         for sid in &group.snapshot_ids {
@@ -796,6 +460,17 @@ impl Pool {
     }
 }
 
+/// The ID a create request names, validated.
+fn volume_id_of(req: &CreateVolume) -> Result<String> {
+    id::validate_name(&req.name)?;
+    let id = match &req.id {
+        Some(id) => id.clone(),
+        None => id::from_name(VOLUME_ID_PREFIX, &req.name),
+    };
+    id::validate(&id)?;
+    Ok(id)
+}
+
 /// Is an existing volume what `req` asks for? (CSI CreateVolume idempotency.)
 fn check_compatible(existing: &Volume, req: &CreateVolume, default_fs: FsType) -> Result<()> {
     let conflict = |reason: String| Err(Error::VolumeNameConflict { name: req.name.clone(), reason });
@@ -820,6 +495,9 @@ fn check_compatible(existing: &Volume, req: &CreateVolume, default_fs: FsType) -
     }
     if existing.source != req.source {
         return conflict("it has another content source".into());
+    }
+    if existing.lifecycle != req.lifecycle {
+        return conflict(format!("it is a {:?} volume", existing.lifecycle).to_lowercase());
     }
     Ok(())
 }

@@ -48,8 +48,11 @@ pub struct AttachOptions {
 #[derive(Debug)]
 pub struct Attached {
     pub device: LoopDevice,
+    /// Held, not read: it keeps an autoclear device bound until dropped.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub handle: OwnedFd,
-    /// false when an existing device for the image was reused.
+    /// false when an existing device for the image was reused (the tests check it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub created: bool,
 }
 
@@ -137,7 +140,7 @@ static NO_LOOP_CONFIGURE: AtomicBool = AtomicBool::new(false);
 /// Identity of a file as the loop driver reports it: (major, minor, inode).
 /// Kept split because the kernel's `lo_device` (new_encode_dev) and
 /// userspace's st_dev (glibc makedev) encode a dev_t differently.
-type FileId = (u32, u32, u64);
+pub type FileId = (u32, u32, u64);
 
 fn file_id_of_meta(meta: &std::fs::Metadata) -> FileId {
     let dev = meta.dev();
@@ -226,7 +229,7 @@ pub fn attach(image: &Path, opts: AttachOptions) -> Result<Attached> {
 /// The existing device for `id`, opened and re-verified; None when there is
 /// none (or it vanished while we looked).
 fn reuse(image: &Path, id: FileId, opts: AttachOptions) -> Result<Option<Attached>> {
-    for (device, _) in list_ids()?.into_iter().filter(|(_, dev_id)| *dev_id == id) {
+    for device in list()?.into_iter().filter(|e| e.backing == id).map(|e| e.device) {
         let file = match open_device(&device.path, !opts.read_only) {
             Ok(file) => file,
             Err(e) if matches!(errno_of(&e), Errno::ENOENT | Errno::ENXIO) => continue,
@@ -366,6 +369,26 @@ fn set_fd_and_status(loop_file: &File, backing: &File, device: &LoopDevice, info
     Ok(true)
 }
 
+/// One bound loop device as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopEntry {
+    pub device: LoopDevice,
+    /// The device's own number (`st_rdev` of its node), as mountinfo shows it.
+    pub rdev: (u32, u32),
+    /// The backing file's identity: (major, minor) of its filesystem and its
+    /// inode (LOOP_GET_STATUS64); compare with [`file_id`] of an image.
+    pub backing: FileId,
+    /// The backing file's path as sysfs reports it (" (deleted)" stripped):
+    /// a name for reports and a candidate for lookups, never proof of identity.
+    pub backing_path: PathBuf,
+}
+
+/// The identity of a file to compare with [`LoopEntry::backing`]; None when
+/// it cannot be stat'ed.
+pub fn file_id(path: &Path) -> Option<FileId> {
+    std::fs::metadata(path).ok().map(|m| file_id_of_meta(&m))
+}
+
 /// The device currently backed by `image`, if any (the lowest-numbered one
 /// when several are). Read-only lookup.
 ///
@@ -373,24 +396,15 @@ fn set_fd_and_status(loop_file: &File, backing: &File, device: &LoopDevice, info
 /// cannot be read; a LOOP_GET_STATUS64 failure other than ENXIO.
 pub fn find(image: &Path) -> Result<Option<LoopDevice>> {
     let id = image_id(image)?;
-    Ok(list_ids()?.into_iter().find(|(_, dev_id)| *dev_id == id).map(|(device, _)| device))
+    Ok(list()?.into_iter().find(|e| e.backing == id).map(|e| e.device))
 }
 
-/// Every bound loop device with the (st_dev, st_ino) of its backing file,
-/// st_dev encoded as `std::os::unix::fs::MetadataExt::dev` reports it, so it
-/// can be compared with a `metadata()` of an image. Sorted by device number.
-/// Read-only; devices that are unbound while we look are left out.
+/// Every bound loop device, sorted by number: the one scan of loop devices
+/// in loopvol. Read-only; devices that are unbound while we look are left out.
 ///
 /// Errors: /sys/block cannot be read (`Error::Io`); LOOP_GET_STATUS64 fails
 /// other than with ENXIO (`Error::Sys`).
-pub fn list() -> Result<Vec<(LoopDevice, u64, u64)>> {
-    Ok(list_ids()?
-        .into_iter()
-        .map(|(device, (major, minor, ino))| (device, libc::makedev(major, minor), ino))
-        .collect())
-}
-
-fn list_ids() -> Result<Vec<(LoopDevice, FileId)>> {
+pub fn list() -> Result<Vec<LoopEntry>> {
     let mut numbers = bound_numbers()?;
     numbers.sort_unstable();
     let mut out = Vec::with_capacity(numbers.len());
@@ -402,9 +416,12 @@ fn list_ids() -> Result<Vec<(LoopDevice, FileId)>> {
             Err(e) if matches!(errno_of(&e), Errno::ENOENT | Errno::ENXIO | Errno::ENODEV) => continue,
             Err(e) => return Err(Error::io("open loop device", &device.path, e)),
         };
-        if let Some((id, _)) = status(&file, &device.path)? {
-            out.push((device, id));
-        }
+        let Some((backing, _)) = status(&file, &device.path)? else { continue };
+        let rdev = file.metadata().map(|m| m.rdev()).unwrap_or(0);
+        let sys = format!("/sys/block/loop{number}/loop/backing_file");
+        let backing_path = std::fs::read_to_string(sys).unwrap_or_default();
+        let backing_path = PathBuf::from(backing_path.trim_end().trim_end_matches(" (deleted)"));
+        out.push(LoopEntry { device, rdev: (libc::major(rdev), libc::minor(rdev)), backing, backing_path });
     }
     Ok(out)
 }
@@ -478,22 +495,6 @@ pub fn size_bytes(device: &Path) -> Result<u64> {
     Ok(size)
 }
 
-/// Every bound loop device with the path of its backing file, as sysfs
-/// reports it (for reports and clean-up; identity checks use [`find`]).
-pub fn backing_files() -> Vec<(LoopDevice, PathBuf)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return out };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(number) = name.strip_prefix("loop").and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else { continue };
-        let backing = backing.trim_end().trim_end_matches(" (deleted)");
-        out.push((LoopDevice::from_number(number), PathBuf::from(backing)));
-    }
-    out.sort_by_key(|(dev, _)| dev.number);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,7 +525,7 @@ mod tests {
     /// kernel never takes by itself because LOOP_CONFIGURE works.
     #[test]
     fn legacy_set_fd_path_sets_flags() {
-        if !crate::testing::privileged("legacy_set_fd_path_sets_flags") {
+        if !loopvol_test_support::privileged("legacy_set_fd_path_sets_flags") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

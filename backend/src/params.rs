@@ -1,0 +1,242 @@
+//! Volume parameters from every front end, parsed in one place: StorageClass
+//! parameters (CSI CreateVolume, and the requests that only check them), the
+//! volume attributes of CSI ephemeral inline volumes, and FlexVolume options
+//! (which `migrate-flexvolume` reads too). Each source names the same
+//! settings with its own keys ([`Dialect`]); the values mean the same
+//! everywhere, and every boolean goes through [`parse_bool`].
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::filesystem::FsType;
+use crate::quantity;
+
+/// Where a set of parameters comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// StorageClass `parameters` (CSI CreateVolume). Unknown keys are refused;
+    /// the sidecars' `csi.storage.k8s.io/*` keys are ignored, except the fs type.
+    StorageClass,
+    /// `volumeAttributes` of a CSI ephemeral inline volume. Unknown keys are
+    /// refused; kubelet's `csi.storage.k8s.io/*` keys are ignored.
+    EphemeralVolume,
+    /// A FlexVolume options object (kubelet's `kubernetes.io/*` keys plus the
+    /// PV's `flexVolume.options`). Keys of no concern to the volume (pod
+    /// information, secrets, FlexVolume's own keys) are left to the caller.
+    FlexVolume,
+}
+
+/// StorageClass: the filesystem type.
+pub const FS_TYPE: &str = "fsType";
+/// StorageClass, ephemeral volumes, FlexVolume: preallocate the image.
+pub const THICK: &str = "thick";
+/// Ephemeral volumes, FlexVolume: the size (a Kubernetes quantity).
+pub const SIZE: &str = "size";
+/// FlexVolume: comma-separated mount options of the staging mount.
+pub const MOUNT_OPTIONS: &str = "mountOptions";
+/// The sidecars' (and kubelet's) key prefix.
+pub const K8S_PREFIX: &str = "csi.storage.k8s.io/";
+/// The fs type external-provisioner passes (`--extra-create-metadata`, `csi.storage.k8s.io/fstype`).
+pub const K8S_FS_TYPE: &str = "csi.storage.k8s.io/fstype";
+/// FlexVolume: kubelet's fs type key (the PV's `fsType`).
+pub const FLEX_FS_TYPE: &str = "kubernetes.io/fsType";
+/// FlexVolume: the volume's ID, when it is not the PV (or inline volume) name.
+pub const FLEX_VOLUME_ID: &str = "volumeID";
+/// FlexVolume: kubelet's name of the PV or inline volume.
+pub const FLEX_PV_OR_VOLUME_NAME: &str = "kubernetes.io/pvOrVolumeName";
+
+/// FlexVolume: create the volume when missing (default true).
+pub const FLEX_CREATE: &str = "create";
+/// The options a FlexVolume PV may carry that loopvol understands.
+pub const FLEX_VOLUME_OPTIONS: &[&str] = &[FLEX_VOLUME_ID, SIZE, FLEX_CREATE, MOUNT_OPTIONS, THICK];
+
+/// What the parameters say about the volume. None: not given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeParams {
+    pub fs_type: Option<FsType>,
+    pub thick: Option<bool>,
+    pub size: Option<u64>,
+    pub mount_options: Vec<String>,
+    /// What a StorageClass volume's record keeps (the sidecars' keys dropped).
+    pub kept: BTreeMap<String, String>,
+}
+
+impl VolumeParams {
+    /// Parses `params` as `dialect` names them.
+    ///
+    /// Errors: `Error::InvalidParameter` naming the key (never the value of a
+    /// key the caller does not know to be harmless): an unknown key where the
+    /// dialect refuses them, a bad boolean, fs type or quantity.
+    pub fn parse<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>, dialect: Dialect) -> Result<VolumeParams> {
+        let mut out = VolumeParams::default();
+        for (key, value) in params {
+            match (dialect, key) {
+                (Dialect::StorageClass, FS_TYPE | K8S_FS_TYPE)
+                | (Dialect::EphemeralVolume, FS_TYPE)
+                | (Dialect::FlexVolume, FLEX_FS_TYPE) => {
+                    if !value.is_empty() {
+                        out.fs_type = Some(fs_type(key, value)?);
+                    }
+                }
+                (_, THICK) => out.thick = parse_bool(key, value)?,
+                (Dialect::EphemeralVolume | Dialect::FlexVolume, SIZE) => out.size = size(key, value)?,
+                (Dialect::FlexVolume, MOUNT_OPTIONS) => {
+                    out.mount_options =
+                        value.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_string).collect();
+                }
+                (Dialect::StorageClass | Dialect::EphemeralVolume, k) if k.starts_with(K8S_PREFIX) => continue,
+                (Dialect::FlexVolume, _) => continue,
+                (Dialect::StorageClass, _) => return Err(invalid(key, "unknown parameter")),
+                (Dialect::EphemeralVolume, _) => return Err(invalid(key, "unknown volume attribute")),
+            }
+            if dialect == Dialect::StorageClass {
+                out.kept.insert(key.to_string(), value.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Parses a map as `dialect` names it (see [`VolumeParams::parse`]).
+    pub fn parse_map<K: AsRef<str>, V: AsRef<str>>(
+        params: impl IntoIterator<Item = (K, V)>,
+        dialect: Dialect,
+    ) -> Result<VolumeParams> {
+        let pairs: Vec<(K, V)> = params.into_iter().collect();
+        VolumeParams::parse(pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())), dialect)
+    }
+}
+
+/// The ID of a FlexVolume volume: `volumeID`, else the PV (or inline
+/// volume) name, validated. The one ID rule for `mount` and for migration.
+///
+/// Errors: `Error::InvalidParameter` when neither is given; `Error::InvalidId`.
+pub fn flex_volume_id(volume_id: Option<&str>, pv_or_volume_name: Option<&str>) -> Result<String> {
+    let id = volume_id
+        .filter(|v| !v.is_empty())
+        .or(pv_or_volume_name.filter(|v| !v.is_empty()))
+        .ok_or_else(|| invalid(FLEX_VOLUME_ID, &format!("missing, and so is {FLEX_PV_OR_VOLUME_NAME}")))?;
+    crate::id::validate(id)?;
+    Ok(id.to_string())
+}
+
+/// The one boolean rule: `true` or `false` in any case; empty is "not
+/// given". Errors: `Error::InvalidParameter` for anything else.
+pub fn parse_bool(key: &str, value: &str) -> Result<Option<bool>> {
+    if value.is_empty() {
+        Ok(None)
+    } else if value.eq_ignore_ascii_case("true") {
+        Ok(Some(true))
+    } else if value.eq_ignore_ascii_case("false") {
+        Ok(Some(false))
+    } else {
+        Err(invalid(key, &format!("{:?} is not \"true\" or \"false\"", crate::id::truncate(value))))
+    }
+}
+
+fn fs_type(key: &str, value: &str) -> Result<FsType> {
+    value.parse().map_err(|e: Error| invalid(key, &e.to_string()))
+}
+
+/// A size: a positive Kubernetes quantity; empty is "not given".
+fn size(key: &str, value: &str) -> Result<Option<u64>> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    match quantity::parse(value.trim()) {
+        Ok(0) => Err(invalid(key, "must be greater than zero")),
+        Ok(n) => Ok(Some(n)),
+        Err(e) => {
+            Err(invalid(key, &format!("{:?} is not a quantity like 1Gi: {e}", crate::id::truncate(value.trim()))))
+        }
+    }
+}
+
+fn invalid(key: &str, reason: &str) -> Error {
+    Error::InvalidParameter { key: crate::id::truncate(key), reason: reason.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)], dialect: Dialect) -> Result<VolumeParams> {
+        VolumeParams::parse(pairs.iter().copied(), dialect)
+    }
+
+    #[test]
+    fn one_boolean_rule_everywhere() {
+        for dialect in [Dialect::StorageClass, Dialect::EphemeralVolume, Dialect::FlexVolume] {
+            for (value, want) in [("true", Some(true)), ("TRUE", Some(true)), ("False", Some(false)), ("", None)] {
+                assert_eq!(parse(&[("thick", value)], dialect).unwrap().thick, want, "{dialect:?} {value:?}");
+            }
+            for bad in ["yes", "1", "tru", " true"] {
+                let e = parse(&[("thick", bad)], dialect).unwrap_err();
+                assert!(
+                    matches!(&e, Error::InvalidParameter { key, .. } if key == "thick"),
+                    "{dialect:?} {bad:?}: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn storage_class_keys() {
+        let p = parse(
+            &[("csi.storage.k8s.io/fstype", "xfs"), ("thick", "true"), ("csi.storage.k8s.io/pv/name", "pv-1")],
+            Dialect::StorageClass,
+        )
+        .unwrap();
+        assert_eq!((p.fs_type, p.thick), (Some(FsType::Xfs), Some(true)));
+        assert_eq!(p.kept.keys().collect::<Vec<_>>(), ["csi.storage.k8s.io/fstype", "thick"]);
+        for bad in [("color", "blue"), ("fsType", "ntfs"), ("size", "1Gi")] {
+            let e = parse(&[bad], Dialect::StorageClass).unwrap_err();
+            assert!(matches!(&e, Error::InvalidParameter { key, .. } if key == bad.0), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn ephemeral_attributes() {
+        let p = parse(
+            &[("size", "2Gi"), ("fsType", "btrfs"), ("csi.storage.k8s.io/ephemeral", "true")],
+            Dialect::EphemeralVolume,
+        )
+        .unwrap();
+        assert_eq!((p.size, p.fs_type), (Some(2 << 30), Some(FsType::Btrfs)));
+        assert!(p.kept.is_empty());
+        for bad in [("size", "lots"), ("size", "0"), ("colour", "red"), ("kubernetes.io/fsType", "xfs")] {
+            assert!(parse(&[bad], Dialect::EphemeralVolume).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn flexvolume_options() {
+        let p = parse(
+            &[
+                ("kubernetes.io/fsType", ""),
+                ("size", "2Gi"),
+                ("thick", "TRUE"),
+                ("mountOptions", "noatime, nodiratime,,"),
+                ("kubernetes.io/pod.name", "web-0"),
+                ("unknownKey", "ignored"),
+            ],
+            Dialect::FlexVolume,
+        )
+        .unwrap();
+        assert_eq!(p.fs_type, None);
+        assert_eq!((p.size, p.thick), (Some(2 << 30), Some(true)));
+        assert_eq!(p.mount_options, ["noatime", "nodiratime"]);
+        assert_eq!(parse(&[("kubernetes.io/fsType", "xfs")], Dialect::FlexVolume).unwrap().fs_type, Some(FsType::Xfs));
+        for bad in [("size", "-1Gi"), ("size", "0"), ("kubernetes.io/fsType", "ntfs")] {
+            let e = parse(&[bad], Dialect::FlexVolume).unwrap_err().to_string();
+            assert!(e.contains(bad.0), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn flexvolume_ids() {
+        assert_eq!(flex_volume_id(Some("vol-a"), Some("pv-1")).unwrap(), "vol-a");
+        assert_eq!(flex_volume_id(Some(""), Some("pv-1")).unwrap(), "pv-1");
+        assert!(matches!(flex_volume_id(None, None), Err(Error::InvalidParameter { .. })));
+        assert!(matches!(flex_volume_id(Some("../etc"), None), Err(Error::InvalidId { .. })));
+    }
+}
