@@ -3,8 +3,8 @@
 //! calls on [`Pool`] and map [`Error`] to their own replies.
 //!
 //! The public API is [`Pool`] with its request, record and error types, the
-//! parameter parser ([`params`]) and the pure helpers the front ends share
-//! (`id`, `quantity`). Data flows one way: `pool` (orchestration, locking,
+//! parameter parser ([`params`]), the pure helpers the front ends share
+//! (`id`, `quantity`) and read-only views of the host for reports ([`host`]). Data flows one way: `pool` (orchestration, locking,
 //! records) calls the crate-private `kernel` layer (loop devices, mounts,
 //! mountinfo, filesystem tools, copies, locks, record files); nothing in
 //! `kernel` calls back up.
@@ -12,6 +12,7 @@
 pub mod error;
 pub mod failpoint;
 mod filesystem;
+pub mod host;
 pub mod id;
 mod kernel;
 pub mod params;

@@ -14,25 +14,6 @@ pub mod mountinfo_parser {
 /// The mount option allow-list (pure), for fuzzing.
 pub use crate::kernel::mount_options::MountOptions;
 
-/// Every mount point of this process' mount namespace, with its filesystem
-/// type and whether it is read-only (the backend's own mountinfo parser).
-pub fn mounts() -> Vec<(PathBuf, String, bool)> {
-    mountinfo::read()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| {
-            let ro = m.read_only();
-            (m.mount_point, m.fs_type, ro)
-        })
-        .collect()
-}
-
-/// Every bound loop device and the path of its backing file (the backend's
-/// one loop-device scan).
-pub fn loop_devices() -> Vec<(PathBuf, PathBuf)> {
-    loopdev::list().unwrap_or_default().into_iter().map(|e| (e.device.path, e.backing_path)).collect()
-}
-
 /// Unmounts everything mounted below `root` (deepest first, lazily so a busy
 /// mount cannot stop the clean-up) and detaches loop devices backed below it.
 pub fn cleanup_under(root: &Path) {

@@ -1,39 +1,10 @@
 //! `Pool::doctor` against deliberately broken pools.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
 use loopvol_backend::FindingKind;
-use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Lifecycle, Pool, PoolOptions, StageRequest};
-use loopvol_test_support::{privileged, Sandbox};
-
-fn create(pool: &Pool, name: &str) -> String {
-    pool.create_volume(&CreateVolume {
-        name: name.into(),
-        id: None,
-        capacity: CapacityRange { required: 32 << 20, limit: 0 },
-        fs_type: None,
-        access_type: AccessType::Mount,
-        thick: false,
-        source: None,
-        parameters: BTreeMap::new(),
-        lifecycle: Lifecycle::Persistent,
-    })
-    .unwrap()
-    .id
-}
-
-fn stage(pool: &Pool, id: &str, staging: &Path) {
-    let req = StageRequest {
-        staging_path: staging.into(),
-        access_type: AccessType::Mount,
-        fs_type: None,
-        read_only: false,
-        mount_options: vec![],
-    };
-    pool.stage(id, &req).unwrap();
-}
+use loopvol_test_support::{broken_pool, privileged, BrokenPool, Sandbox};
 
 fn mounted(path: &Path) -> bool {
     loopvol_test_support::mount_count(path) > 0
@@ -45,33 +16,8 @@ fn doctor_finds_and_repairs_what_is_safe() {
         return;
     }
     let sandbox = Sandbox::new();
-    let pool = Pool::open(&sandbox.path().join("pool"), PoolOptions::default()).unwrap();
+    let BrokenPool { pool, healthy_staging, orphan, unused, stale, lost, lost_staging, .. } = broken_pool(&sandbox);
     let vols = sandbox.path().join("pool/volumes");
-
-    let healthy = create(&pool, "healthy");
-    let healthy_staging = sandbox.path().join("healthy");
-    stage(&pool, &healthy, &healthy_staging);
-
-    let orphan = create(&pool, "orphan-image");
-    fs::remove_file(vols.join(format!("{orphan}.json"))).unwrap();
-
-    let no_image = create(&pool, "no-image");
-    fs::remove_file(pool.volume_image_path(&no_image)).unwrap();
-
-    fs::write(vols.join(".half.img.tmp"), b"partial").unwrap();
-
-    let unused = create(&pool, "unused-loop");
-    loopvol_test_support::attach_loop_device(&pool.volume_image_path(&unused));
-
-    let stale = create(&pool, "stale");
-    let stale_staging = sandbox.path().join("stale");
-    stage(&pool, &stale, &stale_staging);
-    nix::mount::umount(&stale_staging).unwrap();
-
-    let lost = create(&pool, "lost-record");
-    let lost_staging = sandbox.path().join("lost");
-    stage(&pool, &lost, &lost_staging);
-    fs::remove_file(vols.join(format!("{lost}.json"))).unwrap();
 
     let kinds = |findings: &[loopvol_backend::Finding]| {
         let mut k: Vec<&str> = findings.iter().map(|f| f.kind.as_str()).collect();

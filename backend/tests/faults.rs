@@ -332,11 +332,11 @@ fn reboot_under_a_running_pool_converges() {
     fs::create_dir_all(&blk_staging).unwrap();
     pool.stage(&blk, &stage_req(&blk_staging, AccessType::Block)).unwrap();
     pool.publish(&blk, &publish_req(&blk_staging, &blk_target, AccessType::Block)).unwrap();
-    assert_eq!(loops_under(&dir), 3);
+    assert_eq!(loops_under(&dir).len(), 3);
 
     // The "reboot": every mount and loop device vanishes; records stay.
     cleanup_under(&dir);
-    assert!(eventually(|| loops_under(&dir) == 0));
+    assert!(eventually(|| loops_under(&dir).is_empty()));
     assert!(mounts_under(&dir).is_empty());
 
     // Reads converge on the kernel's view.
@@ -379,7 +379,7 @@ fn reboot_under_a_running_pool_converges() {
         assert!(vol.staged.is_none() && vol.published.is_empty(), "{id}: {vol:?}");
         pool.delete_volume(id).unwrap();
     }
-    assert!(eventually(|| loops_under(&dir) == 0));
+    assert!(eventually(|| loops_under(&dir).is_empty()));
 }
 
 // ---- races ----
@@ -516,7 +516,7 @@ fn tear_down(pool: &Pool, dir: &Path, ids: &[String]) {
         }
         pool.unstage(id, &staging, false).unwrap();
     }
-    assert!(eventually(|| loops_under(dir) == 0), "no loop device leaked");
+    assert!(eventually(|| loops_under(dir).is_empty()), "no loop device leaked");
     assert!(mounts_under(dir).is_empty(), "no mount leaked");
 }
 

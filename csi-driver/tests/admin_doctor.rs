@@ -1,13 +1,12 @@
 //! `loopvol-csi doctor [--repair]`, black-box, against deliberately broken
 //! pools (broken as backend/tests/doctor.rs breaks them).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Pool, PoolOptions, StageRequest};
-use loopvol_test_support::{privileged, Sandbox};
+use loopvol_backend::{Pool, PoolOptions};
+use loopvol_test_support::{broken_pool, create_volume, privileged, stage_volume, BrokenPool, Sandbox};
 use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_loopvol-csi");
@@ -38,32 +37,6 @@ fn kinds(report: &Value) -> Vec<(String, bool)> {
     k
 }
 
-fn create(pool: &Pool, name: &str) -> String {
-    let req = CreateVolume {
-        name: name.into(),
-        id: None,
-        capacity: CapacityRange { required: 32 << 20, limit: 0 },
-        fs_type: None,
-        access_type: AccessType::Mount,
-        thick: false,
-        source: None,
-        parameters: BTreeMap::new(),
-        lifecycle: loopvol_backend::Lifecycle::Persistent,
-    };
-    pool.create_volume(&req).unwrap().id
-}
-
-fn stage(pool: &Pool, id: &str, staging: &Path) {
-    let req = StageRequest {
-        staging_path: staging.into(),
-        access_type: AccessType::Mount,
-        fs_type: None,
-        read_only: false,
-        mount_options: vec![],
-    };
-    pool.stage(id, &req).unwrap();
-}
-
 fn mounted(path: &Path) -> bool {
     loopvol_test_support::mount_count(path) > 0
 }
@@ -87,9 +60,9 @@ fn doctor_on_a_healthy_pool_exits_0() {
     }
     let sandbox = Sandbox::new();
     let pool = Pool::open(&sandbox.path().join("pool"), PoolOptions::default()).unwrap();
-    let id = create(&pool, "healthy");
-    stage(&pool, &id, &sandbox.path().join("healthy"));
-    create(&pool, "idle");
+    let id = create_volume(&pool, "healthy");
+    stage_volume(&pool, &id, &sandbox.path().join("healthy"));
+    create_volume(&pool, "idle");
 
     let out = doctor(pool.root(), &[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -110,33 +83,9 @@ fn doctor_finds_everything_and_repair_fixes_what_is_safe() {
         return;
     }
     let sandbox = Sandbox::new();
-    let pool = Pool::open(&sandbox.path().join("pool"), PoolOptions::default()).unwrap();
+    let BrokenPool { pool, healthy_staging, orphan, no_image, unused, stale, lost, lost_staging, .. } =
+        broken_pool(&sandbox);
     let vols = pool.root().join("volumes");
-
-    let healthy = create(&pool, "healthy");
-    let healthy_staging = sandbox.path().join("healthy");
-    stage(&pool, &healthy, &healthy_staging);
-    // A record removed behind the pool's back: its image is an orphan.
-    let orphan = create(&pool, "orphan-image");
-    fs::remove_file(vols.join(format!("{orphan}.json"))).unwrap();
-    // An image removed: a record without image.
-    let no_image = create(&pool, "no-image");
-    fs::remove_file(pool.volume_image_path(&no_image)).unwrap();
-    // A half-written temp file.
-    fs::write(vols.join(".half.img.tmp"), b"partial").unwrap();
-    // A loop device nothing uses.
-    let unused = create(&pool, "unused-loop");
-    loopvol_test_support::attach_loop_device(&pool.volume_image_path(&unused));
-    // A staging unmounted behind the records' back.
-    let stale = create(&pool, "stale");
-    let stale_staging = sandbox.path().join("stale");
-    stage(&pool, &stale, &stale_staging);
-    nix::mount::umount(&stale_staging).unwrap();
-    // A mounted volume whose record is gone.
-    let lost = create(&pool, "lost-record");
-    let lost_staging = sandbox.path().join("lost");
-    stage(&pool, &lost, &lost_staging);
-    fs::remove_file(vols.join(format!("{lost}.json"))).unwrap();
 
     // A check alone changes nothing and exits 1.
     let out = doctor(pool.root(), &["-o", "json"]);
@@ -208,7 +157,7 @@ fn repair_of_only_safe_problems_exits_0() {
     }
     let sandbox = Sandbox::new();
     let pool = Pool::open(&sandbox.path().join("pool"), PoolOptions::default()).unwrap();
-    let unused = create(&pool, "unused-loop");
+    let unused = create_volume(&pool, "unused-loop");
     loopvol_test_support::attach_loop_device(&pool.volume_image_path(&unused));
     fs::write(pool.root().join("snapshots/.snap-x.img.tmp"), b"partial").unwrap();
 

@@ -58,7 +58,7 @@ struct Table {
     tried: usize,
     before: BTreeMap<PathBuf, (u64, u32, Vec<u8>)>,
     mounts: Vec<PathBuf>,
-    loops: Vec<String>,
+    loops: Vec<PathBuf>,
 }
 
 impl Table {

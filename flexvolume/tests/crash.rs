@@ -44,9 +44,9 @@ fn pattern(seed: u8) -> Vec<u8> {
 fn assert_released(w: &World, what: &str) {
     let root = fs::canonicalize(w.dir.path()).unwrap();
     assert!(
-        eventually(|| mounts().iter().all(|m| !m.mount_point.starts_with(&root))),
+        eventually(|| loopvol_test_support::mounts_under(&root).is_empty()),
         "{what}: a mount is left: {:?}",
-        mounts().iter().filter(|m| m.mount_point.starts_with(&root)).map(|m| &m.mount_point).collect::<Vec<_>>()
+        loopvol_test_support::mounts_under(&root)
     );
     assert!(eventually(|| loops_under(&w.pool).is_empty()), "{what}: loop devices left: {:?}", loops_under(&w.pool));
 }

@@ -284,68 +284,9 @@ async fn connect(socket: &Path, root: &Path) -> Channel {
     panic!("loopvol-csi did not come up: {}", std::fs::read_to_string(root.join("server.log")).unwrap_or_default());
 }
 
-/// Mount points below `root`, from /proc/self/mountinfo.
-pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
-        .filter(|p| p.starts_with(root))
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('\\') {
-        out.push_str(&rest[..i]);
-        match u8::from_str_radix(rest.get(i + 1..i + 4).unwrap_or(""), 8) {
-            Ok(b) => {
-                out.push(char::from(b));
-                rest = &rest[i + 4..];
-            }
-            Err(_) => {
-                out.push('\\');
-                rest = &rest[i + 1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Loop devices whose backing file lies below `root`.
-pub fn loops_under(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return out };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else { continue };
-        if Path::new(backing.trim_end().trim_end_matches(" (deleted)")).starts_with(root) {
-            out.push(format!("/dev/{name}"));
-        }
-    }
-    out
-}
-
-/// Unmounts everything below `root` (deepest first, lazily) and detaches
-/// loop devices backed below it.
-pub fn cleanup_under(root: &Path) {
-    for _ in 0..8 {
-        let mut under = mounts_under(root);
-        if under.is_empty() {
-            break;
-        }
-        under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for p in under {
-            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    for dev in loops_under(root) {
-        let _ = Command::new("losetup").args(["-d", &dev]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-    }
-}
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use loopvol_test_support::{cleanup_under, loops_under, mounts_under};
 
 // ---- capabilities ----
 

@@ -217,66 +217,12 @@ pub fn base_json(pv: &str, extra: &[(&str, &str)]) -> String {
     serde_json::to_string(&m).unwrap()
 }
 
-pub struct MountEntry {
-    pub mount_point: PathBuf,
-    pub options: String,
-}
-
-/// Decodes mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && b.get(i + 1..i + 4).is_some_and(|o| o.iter().all(|c| (b'0'..=b'7').contains(c))) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn mounts() -> Vec<MountEntry> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            Some(MountEntry { mount_point: PathBuf::from(unescape(f.get(4)?)), options: f.get(5)?.to_string() })
-        })
-        .collect()
-}
-
-/// How many mounts sit exactly at `path`.
-pub fn mount_count(path: &Path) -> usize {
-    mounts().iter().filter(|m| m.mount_point == path).count()
-}
+// Not every test binary uses every helper.
+#[allow(unused_imports)]
+pub use loopvol_test_support::{loops_under, mount_count};
 
 pub fn is_read_only_mount(path: &Path) -> bool {
-    mounts().iter().rev().find(|m| m.mount_point == path).is_some_and(|m| m.options.split(',').any(|o| o == "ro"))
-}
-
-/// Loop devices whose backing file lies under `dir`.
-pub fn loops_under(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return found };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("loop") {
-            continue;
-        }
-        if let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-            let backing = backing.trim().trim_end_matches(" (deleted)");
-            if Path::new(backing).starts_with(dir) {
-                found.push(format!("/dev/{name}"));
-            }
-        }
-    }
-    found
+    loopvol_test_support::mounted_read_only(path) == Some(true)
 }
 
 pub struct Guard {

@@ -197,33 +197,8 @@ impl Rss {
     }
 }
 
-/// Mount points at or below `dir` (/proc/self/mountinfo, field 5; octal
-/// escapes of space, tab, newline and backslash undone).
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
-        .filter(|p| p.starts_with(dir))
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = u32::from(b[i + 1] - b'0') * 64 + u32::from(b[i + 2] - b'0') * 8 + u32::from(b[i + 3] - b'0');
-            out.push(u8::try_from(v).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+/// Mount points at or below `dir` (the backend's one mountinfo parser).
+pub use loopvol_backend::host::mounts_under;
 
 #[cfg(test)]
 mod tests {
@@ -238,11 +213,5 @@ mod tests {
         let p = parse_params(&["fsType=xfs".into(), "thick=false".into()]).unwrap();
         assert_eq!(p["fsType"], "xfs");
         assert!(parse_params(&["novalue".into()]).is_err());
-    }
-
-    #[test]
-    fn mountinfo_paths_unescape() {
-        assert_eq!(unescape(r"/a\040b"), "/a b");
-        assert_eq!(unescape(r"/a\134"), r"/a\");
     }
 }

@@ -190,17 +190,11 @@ impl Run {
     fn loops_under_pool(&self) -> Vec<String> {
         let Some(pool) = &self.pool else { return Vec::new() };
         let pool = std::fs::canonicalize(pool).unwrap_or_else(|_| pool.clone());
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir("/sys/block").into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) {
-                if Path::new(backing.trim_end()).starts_with(&pool) {
-                    out.push(format!("/dev/{name} -> {}", backing.trim_end()));
-                }
-            }
-        }
-        out.sort();
-        out
+        loopvol_backend::host::loop_devices()
+            .into_iter()
+            .filter(|(_, backing)| backing.starts_with(&pool))
+            .map(|(dev, backing)| format!("{} -> {}", dev.display(), backing.display()))
+            .collect()
     }
 
     /// Removes the run directory once nothing is mounted in it.

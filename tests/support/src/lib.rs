@@ -61,34 +61,21 @@ pub fn cleanup_under(root: &Path) {
     test_hooks::cleanup_under(root);
 }
 
-/// Bound loop devices and the paths of their backing files.
-pub fn loop_devices() -> Vec<(PathBuf, PathBuf)> {
-    test_hooks::loop_devices()
-}
+pub use loopvol_backend::host::{loop_devices, mounts_under};
 
-/// Loop devices backed by files below `root`.
-pub fn loops_under(root: &Path) -> usize {
-    loop_devices().iter().filter(|(_, backing)| backing.starts_with(root)).count()
-}
-
-/// Mount points at or below `root`.
-pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    test_hooks::mounts().into_iter().map(|(point, _, _)| point).filter(|p| p.starts_with(root)).collect()
+/// Loop devices whose backing file lies below `root`.
+pub fn loops_under(root: &Path) -> Vec<PathBuf> {
+    loopvol_backend::host::loop_devices_under(root)
 }
 
 /// How many mounts are stacked exactly at `path`.
 pub fn mount_count(path: &Path) -> usize {
-    test_hooks::mounts().iter().filter(|(point, _, _)| point == path).count()
+    loopvol_backend::host::mounts_at(path).len()
 }
 
 /// Whether the top mount at `path` is read-only; None when nothing is mounted there.
 pub fn mounted_read_only(path: &Path) -> Option<bool> {
-    test_hooks::mounts().into_iter().rev().find(|(point, _, _)| point == path).map(|(_, _, ro)| ro)
-}
-
-/// The filesystem type of the top mount at `path`.
-pub fn mounted_fs_type(path: &Path) -> Option<String> {
-    test_hooks::mounts().into_iter().rev().find(|(point, _, _)| point == path).map(|(_, fs, _)| fs)
+    loopvol_backend::host::mounts_at(path).last().copied()
 }
 
 /// Waits (bounded, 20 s) until `cond` holds and says whether it did. A loop
@@ -108,10 +95,10 @@ pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
 /// The number of loop devices backed below `root` once it reaches `want`, or
 /// after 20 s (see [`eventually`]).
 pub fn loops_settle(root: &Path, want: usize) -> usize {
-    if eventually(|| loops_under(root) == want) {
+    if eventually(|| loops_under(root).len() == want) {
         want
     } else {
-        loops_under(root)
+        loops_under(root).len()
     }
 }
 
@@ -119,4 +106,80 @@ pub fn loops_settle(root: &Path, want: usize) -> usize {
 /// leaked device, a pool filesystem of a chosen kind) and returns its path.
 pub fn attach_loop_device(image: &Path) -> PathBuf {
     test_hooks::attach_loop_device(image).expect("attach a loop device")
+}
+
+/// A 32 MiB mount volume of the pool's default filesystem, named `name`.
+pub fn create_volume(pool: &loopvol_backend::Pool, name: &str) -> String {
+    use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Lifecycle};
+    let req = CreateVolume {
+        name: name.into(),
+        id: None,
+        capacity: CapacityRange { required: 32 << 20, limit: 0 },
+        fs_type: None,
+        access_type: AccessType::Mount,
+        thick: false,
+        source: None,
+        parameters: Default::default(),
+        lifecycle: Lifecycle::Persistent,
+    };
+    pool.create_volume(&req).expect("create a volume").id
+}
+
+/// Stages a mount volume read-write at `staging`.
+pub fn stage_volume(pool: &loopvol_backend::Pool, id: &str, staging: &Path) {
+    let req = loopvol_backend::StageRequest {
+        staging_path: staging.into(),
+        access_type: loopvol_backend::AccessType::Mount,
+        fs_type: None,
+        read_only: false,
+        mount_options: vec![],
+    };
+    pool.stage(id, &req).expect("stage a volume");
+}
+
+/// A pool in `<sandbox>/pool` with one of everything `doctor` finds, beside a
+/// healthy staged volume (the backend's and the admin CLI's doctor tests).
+pub struct BrokenPool {
+    pub pool: loopvol_backend::Pool,
+    /// Staged at `healthy_staging`, nothing wrong with it.
+    pub healthy: String,
+    pub healthy_staging: PathBuf,
+    /// Its record was removed behind the pool's back: an orphaned image.
+    pub orphan: String,
+    /// Its image was removed: a record without an image.
+    pub no_image: String,
+    /// Attached to a loop device that nothing uses.
+    pub unused: String,
+    /// Staged at `stale_staging`, then unmounted behind the records' back.
+    pub stale: String,
+    pub stale_staging: PathBuf,
+    /// Mounted at `lost_staging` with its record removed.
+    pub lost: String,
+    pub lost_staging: PathBuf,
+}
+
+/// Builds a [`BrokenPool`]; also leaves a half-written `.half.img.tmp` in
+/// the volumes directory.
+pub fn broken_pool(sandbox: &Sandbox) -> BrokenPool {
+    let pool = loopvol_backend::Pool::open(&sandbox.path().join("pool"), Default::default()).expect("open pool");
+    let vols = pool.root().join("volumes");
+    let healthy = create_volume(&pool, "healthy");
+    let healthy_staging = sandbox.path().join("healthy");
+    stage_volume(&pool, &healthy, &healthy_staging);
+    let orphan = create_volume(&pool, "orphan-image");
+    std::fs::remove_file(vols.join(format!("{orphan}.json"))).unwrap();
+    let no_image = create_volume(&pool, "no-image");
+    std::fs::remove_file(pool.volume_image_path(&no_image)).unwrap();
+    std::fs::write(vols.join(".half.img.tmp"), b"partial").unwrap();
+    let unused = create_volume(&pool, "unused-loop");
+    attach_loop_device(&pool.volume_image_path(&unused));
+    let stale = create_volume(&pool, "stale");
+    let stale_staging = sandbox.path().join("stale");
+    stage_volume(&pool, &stale, &stale_staging);
+    nix::mount::umount(&stale_staging).unwrap();
+    let lost = create_volume(&pool, "lost-record");
+    let lost_staging = sandbox.path().join("lost");
+    stage_volume(&pool, &lost, &lost_staging);
+    std::fs::remove_file(vols.join(format!("{lost}.json"))).unwrap();
+    BrokenPool { pool, healthy, healthy_staging, orphan, no_image, unused, stale, stale_staging, lost, lost_staging }
 }
