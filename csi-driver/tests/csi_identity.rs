@@ -53,6 +53,35 @@ async fn probe_is_ready_and_fails_precondition_without_a_pool() {
     assert!(s.identity.probe(csi::ProbeRequest {}).await.is_ok());
 }
 
+/// The sidecars and livenessprobe start together and probe at once (issue
+/// 13): every one of many concurrent Probes must answer ready. Before record
+/// temp names were unique per write, two Probes of one process shared a temp
+/// file and one of them failed its rename.
+#[tokio::test]
+async fn concurrent_probes_all_succeed() {
+    let s = Server::start().await;
+    for round in 0..4 {
+        let calls: Vec<_> = (0..32)
+            .map(|_| {
+                let mut identity = s.identity.clone();
+                tokio::spawn(async move { identity.probe(csi::ProbeRequest {}).await })
+            })
+            .collect();
+        for call in calls {
+            let answer = call.await.unwrap();
+            let probe = answer.unwrap_or_else(|e| panic!("round {round}: a concurrent Probe failed: {e:?}"));
+            assert_eq!(probe.into_inner().ready, Some(true));
+        }
+    }
+    // Nothing of the probes is left in the pool.
+    let leftovers: Vec<_> = std::fs::read_dir(&s.pool)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains("probe"))
+        .collect();
+    assert!(leftovers.is_empty(), "probe files left: {leftovers:?}");
+}
+
 #[tokio::test]
 async fn node_info_reports_node_topology_and_limit() {
     let mut s = Server::start_with(&["--max-volumes-per-node", "7"]).await;
