@@ -82,6 +82,23 @@ async fn concurrent_probes_all_succeed() {
     assert!(leftovers.is_empty(), "probe files left: {leftovers:?}");
 }
 
+/// stderr is a file here, as under kubelet: no ANSI colour codes in it.
+#[tokio::test]
+async fn logs_to_a_file_carry_no_ansi_codes() {
+    let mut s = Server::start().await;
+    // A call that fails logs a warning with fields, where colours were.
+    let gone = csi::NodeGetVolumeStatsRequest {
+        volume_id: "no-such".into(),
+        volume_path: "/nowhere".into(),
+        ..Default::default()
+    };
+    assert!(s.node.node_get_volume_stats(gone).await.is_err());
+    s.stop().await;
+    let log = s.log();
+    assert!(log.contains("serving CSI"), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escape codes in a log file: {log:?}");
+}
+
 #[tokio::test]
 async fn node_info_reports_node_topology_and_limit() {
     let mut s = Server::start_with(&["--max-volumes-per-node", "7"]).await;
