@@ -171,6 +171,21 @@ fn a_panic_still_ends_as_one_failure_object() {
     assert!(w.log().contains("panic: forced panic in mount"), "{}", w.log());
 }
 
+/// kubelet's pod paths are about 89 bytes; the message and the log must
+/// show them whole, so that a call can be traced to its pod.
+#[test]
+fn long_pod_paths_appear_whole_in_messages_and_the_log() {
+    let w = World::new(false);
+    let pod = "var/lib/kubelet/pods/0b7c2f0e-4a1d-4c59-9a5e-1f2e3d4c5b6a/volumes/loopvol~loopvol/pvc-data";
+    assert!(pod.len() > 80);
+    let out = w.run(&["mount", pod, &mount_json("v1", &[])]);
+    out.failed();
+    assert!(out.message().contains(pod), "{}", out.raw);
+    let log = w.log();
+    assert!(log.contains(pod), "the log names the pod path: {log}");
+    assert!(!log.contains("an argument of"), "{log}");
+}
+
 #[test]
 fn secrets_never_reach_output_or_log() {
     let w = World::new(false);
