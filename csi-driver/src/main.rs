@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod authority;
 mod capability;
 mod controller;
 mod driver;
@@ -29,6 +30,7 @@ use loopvol_proto::v1::identity_server::IdentityServer;
 use loopvol_proto::v1::node_server::NodeServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -289,7 +291,9 @@ async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
         .add_service(ControllerServer::new(controller::ControllerService(driver.clone())))
         .add_service(NodeServer::new(node::NodeService(driver.clone())))
         .add_service(GroupControllerServer::new(group_controller::GroupControllerService(driver)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+        // Every connection goes through the :authority relay (authority.rs),
+        // so that gRPC C-core and grpc-java clients are served too.
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener).map(|c| c.map(authority::relay)), async {
             let _ = stopped.await;
         });
     tokio::pin!(server);
