@@ -558,6 +558,8 @@ def node_errors(found: list[dict], t: Target) -> Iterable[str]:
         yield f"driver: --pool is {pool!r}, want {POOL}"
     if flag(drv, "endpoint") != "unix:///csi/csi.sock":
         yield "driver: --endpoint must be unix:///csi/csi.sock"
+    if flag(drv, "log-format") != "json":
+        yield "driver: --log-format=json (one JSON object a line for log collectors)"
     if flag(drv, "driver-name") not in (None, DRIVER):
         yield f"driver: --driver-name must be {DRIVER}"
 
@@ -627,6 +629,8 @@ def resizer_errors(found: list[dict]) -> Iterable[str]:
         yield "resizer: --leader-election=true (rolling updates)"
     if flag(rs, "csi-address") != "/csi/csi.sock" or flag(drv, "endpoint") != "unix:///csi/csi.sock":
         yield "resizer and its driver must share /csi/csi.sock"
+    if flag(drv, "log-format") != "json":
+        yield "resizer's driver: --log-format=json"
     if flag(drv, "node-id") != "$(NODE_NAME)" or env_field(drv, "NODE_NAME") != "spec.nodeName":
         yield "resizer's driver: --node-id must be $(NODE_NAME) from spec.nodeName"
     if flag(drv, "defer-expansion-to-node") != "true":
@@ -981,6 +985,7 @@ BREAKS: list[tuple[str, Callable[[list[dict]], None]]] = [
      lambda o: mount(_ds(o)["containers"][0], "pods-dir").pop("mountPropagation")),
     ("plugins dir HostToContainer",
      lambda o: mount(_ds(o)["containers"][0], "plugins-dir").update(mountPropagation="HostToContainer")),
+    ("driver logs text", lambda o: _drop_arg(_ds(o)["containers"][0], "--log-format")),
     ("driver not privileged", lambda o: _ds(o)["containers"][0]["securityContext"].update(privileged=False)),
     ("attachRequired true", lambda o: find(o, "CSIDriver")[0]["spec"].update(attachRequired=True)),
     ("no Ephemeral mode", lambda o: find(o, "CSIDriver")[0]["spec"].update(volumeLifecycleModes=["Persistent"])),

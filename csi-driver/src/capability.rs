@@ -43,6 +43,15 @@ pub fn unsupported_reason(mode: Mode) -> Option<&'static str> {
     }
 }
 
+/// Whether a GetCapacity capability constrains anything. external-provisioner
+/// up to v4.0 sends one capability whose access mode is UNKNOWN (an empty
+/// `AccessMode`) because a StorageClass names no access mode; it means "any
+/// volume", so GetCapacity answers as if it had been left out. v5 and later
+/// send no capability at all.
+pub fn constrains_capacity(cap: &VolumeCapability) -> bool {
+    cap.access_mode.as_ref().is_some_and(|m| m.mode() != Mode::Unknown)
+}
+
 /// Checks the shape of a capability (access type and mode present, fs type
 /// known) and returns what it asks for. Missing or malformed fields are
 /// INVALID_ARGUMENT; an unsupported mode is reported separately by
@@ -106,6 +115,14 @@ mod tests {
 
     fn mount(fs: &str) -> Option<CsiAccessType> {
         Some(CsiAccessType::Mount(MountVolume { fs_type: fs.into(), ..Default::default() }))
+    }
+
+    #[test]
+    fn an_unknown_access_mode_does_not_constrain_capacity() {
+        assert!(!constrains_capacity(&cap(Mode::Unknown, mount(""))));
+        assert!(!constrains_capacity(&VolumeCapability { access_mode: None, access_type: mount("") }));
+        assert!(constrains_capacity(&cap(Mode::SingleNodeWriter, mount(""))));
+        assert!(constrains_capacity(&cap(Mode::MultiNodeMultiWriter, None)));
     }
 
     #[test]

@@ -240,6 +240,7 @@ impl Controller for ControllerService {
         let unsupported = req
             .volume_capabilities
             .iter()
+            .filter(|c| capability::constrains_capacity(c))
             .any(|c| capability::parse(c).map_or(true, |w| capability::unsupported_reason(w.mode).is_some()));
         if elsewhere || unsupported {
             // This node's pool serves no such volumes.

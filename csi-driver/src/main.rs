@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod authority;
 mod capability;
 mod controller;
 mod driver;
@@ -29,6 +30,7 @@ use loopvol_proto::v1::identity_server::IdentityServer;
 use loopvol_proto::v1::node_server::NodeServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -165,7 +167,10 @@ async fn shutdown_signal() {
 fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a file or pipe (what `kubectl
+    // logs` and log collectors read) gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -286,7 +291,9 @@ async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
         .add_service(ControllerServer::new(controller::ControllerService(driver.clone())))
         .add_service(NodeServer::new(node::NodeService(driver.clone())))
         .add_service(GroupControllerServer::new(group_controller::GroupControllerService(driver)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+        // Every connection goes through the :authority relay (authority.rs),
+        // so that gRPC C-core and grpc-java clients are served too.
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener).map(|c| c.map(authority::relay)), async {
             let _ = stopped.await;
         });
     tokio::pin!(server);

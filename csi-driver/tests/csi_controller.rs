@@ -243,6 +243,48 @@ async fn get_capacity_per_topology() {
     assert!(after.available_capacity <= all.available_capacity - SANITY_SIZE + 64 * MIB);
 }
 
+/// Conformance with external-provisioner up to v4.0: its capacity tracking
+/// calls GetCapacity with the StorageClass parameters and one capability
+/// whose access mode is UNKNOWN (`"access_mode":{}`), mount or block. That
+/// says nothing about the volumes, so the answer must be the one for no
+/// capability; 0 bytes made the scheduler report "did not have enough free
+/// storage" and no pod with such a volume ever scheduled.
+#[tokio::test]
+async fn get_capacity_with_an_unknown_access_mode_answers_as_without_capabilities() {
+    use loopvol_proto::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+    let mut s = Server::start().await;
+    let plain = s.controller.get_capacity(csi::GetCapacityRequest::default()).await.unwrap().into_inner();
+    assert!(plain.available_capacity > 0);
+    let old_shapes = [
+        // v2.x to v4.0: an empty MountVolume and an empty AccessMode.
+        Some(AccessType::Mount(MountVolume::default())),
+        Some(AccessType::Mount(MountVolume { fs_type: "ext4".into(), ..Default::default() })),
+        Some(AccessType::Block(BlockVolume {})),
+    ];
+    for access_type in old_shapes {
+        let req = csi::GetCapacityRequest {
+            volume_capabilities: vec![csi::VolumeCapability {
+                access_mode: Some(AccessMode::default()),
+                access_type: access_type.clone(),
+            }],
+            accessible_topology: Some(csi::Topology {
+                segments: HashMap::from([(TOPOLOGY_KEY.to_string(), NODE.to_string())]),
+            }),
+            ..Default::default()
+        };
+        let old = s.controller.get_capacity(req).await.unwrap().into_inner();
+        assert!(old.available_capacity > 0, "{access_type:?}: {old:?}");
+        assert_eq!(old.maximum_volume_size.is_some(), plain.maximum_volume_size.is_some());
+        assert!(old.maximum_volume_size.unwrap_or(0) > 0, "{access_type:?}: {old:?}");
+    }
+    // A capability that does say something is still honoured.
+    let multi = csi::GetCapacityRequest {
+        volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter, "")],
+        ..Default::default()
+    };
+    assert_eq!(s.controller.get_capacity(multi).await.unwrap().into_inner().available_capacity, 0);
+}
+
 #[tokio::test]
 async fn controller_get_volume() {
     let mut s = Server::start().await;

@@ -53,6 +53,52 @@ async fn probe_is_ready_and_fails_precondition_without_a_pool() {
     assert!(s.identity.probe(csi::ProbeRequest {}).await.is_ok());
 }
 
+/// The sidecars and livenessprobe start together and probe at once (issue
+/// 13): every one of many concurrent Probes must answer ready. Before record
+/// temp names were unique per write, two Probes of one process shared a temp
+/// file and one of them failed its rename.
+#[tokio::test]
+async fn concurrent_probes_all_succeed() {
+    let s = Server::start().await;
+    for round in 0..4 {
+        let calls: Vec<_> = (0..32)
+            .map(|_| {
+                let mut identity = s.identity.clone();
+                tokio::spawn(async move { identity.probe(csi::ProbeRequest {}).await })
+            })
+            .collect();
+        for call in calls {
+            let answer = call.await.unwrap();
+            let probe = answer.unwrap_or_else(|e| panic!("round {round}: a concurrent Probe failed: {e:?}"));
+            assert_eq!(probe.into_inner().ready, Some(true));
+        }
+    }
+    // Nothing of the probes is left in the pool.
+    let leftovers: Vec<_> = std::fs::read_dir(&s.pool)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains("probe"))
+        .collect();
+    assert!(leftovers.is_empty(), "probe files left: {leftovers:?}");
+}
+
+/// stderr is a file here, as under kubelet: no ANSI colour codes in it.
+#[tokio::test]
+async fn logs_to_a_file_carry_no_ansi_codes() {
+    let mut s = Server::start().await;
+    // A call that fails logs a warning with fields, where colours were.
+    let gone = csi::NodeGetVolumeStatsRequest {
+        volume_id: "no-such".into(),
+        volume_path: "/nowhere".into(),
+        ..Default::default()
+    };
+    assert!(s.node.node_get_volume_stats(gone).await.is_err());
+    s.stop().await;
+    let log = s.log();
+    assert!(log.contains("serving CSI"), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escape codes in a log file: {log:?}");
+}
+
 #[tokio::test]
 async fn node_info_reports_node_topology_and_limit() {
     let mut s = Server::start_with(&["--max-volumes-per-node", "7"]).await;

@@ -94,12 +94,34 @@ pub fn absolute_path(what: &str, arg: &str) -> FlexResult<PathBuf> {
     }
 }
 
-/// Quotes an argument in a message only when it is short and cannot be an
-/// options object (a swapped argv must not echo secrets into pod events).
+/// How an argument appears in a message or the log: quoted whole, however
+/// long (paths are not secrets, and kubelet's pod paths, about 89 bytes, are
+/// what tells which pod a call was for), except what may be an options object
+/// (a swapped argv must not echo secrets into pod events) and what is longer
+/// than any path can be.
 pub fn describe(arg: &str) -> String {
-    if arg.len() > 80 || arg.contains('{') {
+    if arg.contains('{') {
+        format!("an options object of {} bytes", arg.len())
+    } else if arg.len() > PATH_MAX {
         format!("an argument of {} bytes", arg.len())
     } else {
         format!("{arg:?}")
+    }
+}
+
+/// Linux's PATH_MAX, including the terminating NUL.
+const PATH_MAX: usize = 4096;
+
+#[cfg(test)]
+mod describe_tests {
+    use super::describe;
+
+    #[test]
+    fn paths_are_quoted_whole_and_options_never() {
+        let pod = "/var/lib/kubelet/pods/0b7c2f0e-4a1d-4c59-9a5e-1f2e3d4c5b6a/volumes/loopvol~loopvol/pvc-data";
+        assert!(pod.len() > 80);
+        assert_eq!(describe(pod), format!("{pod:?}"));
+        assert_eq!(describe(r#"{"kubernetes.io/secret/x":"aGk="}"#), "an options object of 33 bytes");
+        assert_eq!(describe(&"x".repeat(5000)), "an argument of 5000 bytes");
     }
 }

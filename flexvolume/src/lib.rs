@@ -58,6 +58,12 @@ pub fn run() -> ExitCode {
     }));
 
     let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    // A person asking for help gets usage text, not a reply; kubelet never
+    // passes these flags, so its calls are unchanged.
+    if let Some(text) = help_text(&args) {
+        out.write(text.trim_end());
+        return ExitCode::SUCCESS;
+    }
     let is_install = args.first().is_some_and(|c| c == "install");
     let reply = match panic::catch_unwind(AssertUnwindSafe(|| dispatch(&args))) {
         Ok(reply) => reply,
@@ -89,6 +95,56 @@ pub fn run() -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+const USAGE: &str = "\
+loopvol: loopvol's FlexVolume driver (node-local volumes as sparse image files on loop devices)
+
+kubelet runs it as <plugin dir>/loopvol~loopvol/loopvol CALL ARGS...; every call
+prints one JSON reply on stdout.
+
+Usage:
+  loopvol init
+  loopvol mount <pod dir> <json options>
+  loopvol unmount <pod dir>
+  loopvol attach <json options> <node>              (with attach: true)
+  loopvol isattached <json options> <node>
+  loopvol waitforattach <device> <json options>
+  loopvol detach <volume name> <node>
+  loopvol mountdevice <global dir> <device> <json options>
+  loopvol unmountdevice <global dir>
+  loopvol expandvolume <json options> <device> <new bytes> <old bytes>
+  loopvol expandfs <json options> <device> <mount dir> <new bytes> <old bytes>
+  loopvol install --plugin-dir DIR [--config FILE]
+  loopvol --help | install --help
+
+The config is .loopvol.json beside the binary (or $LOOPVOL_FLEX_CONFIG).
+";
+
+const INSTALL_USAGE: &str = "\
+loopvol install: installs this binary (and a config) as a FlexVolume driver
+
+Usage:
+  loopvol install --plugin-dir DIR [--config FILE]
+
+  --plugin-dir DIR   kubelet's volume plugin dir (e.g.
+                     /usr/libexec/kubernetes/kubelet-plugins/volume/exec); the
+                     driver goes to DIR/loopvol~loopvol/loopvol
+  --config FILE      a loopvol.json to install beside it (checked first)
+
+Files are replaced atomically and only when they changed; kubelet picks the
+driver up without a restart. Prints one JSON reply; exits non-zero on failure.
+";
+
+/// Usage text for `--help`/`-h`/`help` as the call, or for `install` with
+/// `--help`/`-h` among its arguments.
+fn help_text(args: &[String]) -> Option<&'static str> {
+    let is_help = |a: &String| matches!(a.as_str(), "--help" | "-h");
+    match args.split_first() {
+        Some((call, _)) if is_help(call) || call == "help" => Some(USAGE),
+        Some((call, rest)) if call == "install" && rest.iter().any(is_help) => Some(INSTALL_USAGE),
+        _ => None,
     }
 }
 

@@ -45,11 +45,50 @@ fn init_with_an_empty_environment() {
     out.ok().golden(INIT_FALSE);
 }
 
+/// Runs the binary as a person does: stdout and stderr apart.
+fn run_for_a_person(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(EXE)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the driver")
+}
+
+#[test]
+fn help_prints_usage_text_on_stdout() {
+    for args in [&["--help"][..], &["-h"], &["help"]] {
+        let out = run_for_a_person(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.starts_with("loopvol: "), "{args:?}: {text}");
+        for call in ["loopvol init", "loopvol mount <pod dir>", "loopvol install --plugin-dir"] {
+            assert!(text.contains(call), "{args:?} lists {call}: {text}");
+        }
+        assert!(!text.contains("\"status\""), "usage, not a reply: {text}");
+        assert!(out.stderr.is_empty());
+    }
+    for args in [&["install", "--help"][..], &["install", "-h"], &["install", "--plugin-dir", "/nonexistent", "--help"]]
+    {
+        let out = run_for_a_person(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.starts_with("loopvol install: "), "{args:?}: {text}");
+        assert!(text.contains("--plugin-dir DIR") && text.contains("--config FILE"), "{text}");
+        assert!(!Path::new("/nonexistent").exists(), "help installs nothing");
+    }
+    // kubelet's calls are unchanged: a call named like nothing known is
+    // still "Not supported", and a real call still answers JSON.
+    let w = World::new(false);
+    w.run(&["--helpme", "{}"]).golden(NOT_SUPPORTED);
+    w.run(&["init"]).ok().golden(INIT_FALSE);
+}
+
 #[test]
 fn unknown_and_unimplemented_calls_are_not_supported() {
     let w = World::new(false);
-    for call in ["getvolumename", "waitfordetach", "getdevicemountpath", "provision", "foo", "INIT", "", "--help", "-h"]
-    {
+    for call in ["getvolumename", "waitfordetach", "getdevicemountpath", "provision", "foo", "INIT", "", "--version"] {
         let out = w.run(&[call, "{}"]);
         out.golden(NOT_SUPPORTED);
         assert_eq!(out.code, 0, "{call}");
@@ -130,6 +169,21 @@ fn a_panic_still_ends_as_one_failure_object() {
     }
     // A panic inside a pool call is also in the log, and nothing reached stdout.
     assert!(w.log().contains("panic: forced panic in mount"), "{}", w.log());
+}
+
+/// kubelet's pod paths are about 89 bytes; the message and the log must
+/// show them whole, so that a call can be traced to its pod.
+#[test]
+fn long_pod_paths_appear_whole_in_messages_and_the_log() {
+    let w = World::new(false);
+    let pod = "var/lib/kubelet/pods/0b7c2f0e-4a1d-4c59-9a5e-1f2e3d4c5b6a/volumes/loopvol~loopvol/pvc-data";
+    assert!(pod.len() > 80);
+    let out = w.run(&["mount", pod, &mount_json("v1", &[])]);
+    out.failed();
+    assert!(out.message().contains(pod), "{}", out.raw);
+    let log = w.log();
+    assert!(log.contains(pod), "the log names the pod path: {log}");
+    assert!(!log.contains("an argument of"), "{log}");
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -44,9 +45,10 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 fn write_bytes_with(path: &Path, bytes: &[u8], durability: Durability) -> Result<()> {
     let dir = parent(path)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // Dot-prefixed and pid-tagged: never mistaken for a record, never shared
-    // between two racing writers.
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Dot-prefixed and tagged with the pid and a per-process write number:
+    // never mistaken for a record, never shared between two racing writers,
+    // be they two processes or two threads of one (concurrent CSI Probes).
+    let tmp = dir.join(format!(".{name}.{}.tmp", temp_tag()));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -69,6 +71,13 @@ fn write_bytes_with(path: &Path, bytes: &[u8], durability: Durability) -> Result
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// `<pid>-<n>`: unique per write among all live processes (`n` counts this
+/// process's writes). doctor's `temp_owner` parses the names this makes.
+fn temp_tag() -> String {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Reads a record; a missing file is `None`.
@@ -122,6 +131,34 @@ mod tests {
         remove(&p).unwrap();
         remove(&p).unwrap();
         assert_eq!(read::<Rec>(&p).unwrap(), None);
+    }
+
+    #[test]
+    fn temp_names_differ_per_write_in_one_process() {
+        let (a, b) = (temp_tag(), temp_tag());
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("{}-", std::process::id())), "{a}");
+    }
+
+    /// Many threads of one process replacing one record: every write
+    /// succeeds (each has its own temp file) and none is left behind.
+    #[test]
+    fn concurrent_writers_in_one_process_do_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.json");
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..16u32)
+                .map(|i| {
+                    let p = &p;
+                    scope.spawn(move || (0..20).map(|_| write(p, &Rec { a: i })).collect::<Result<Vec<()>>>())
+                })
+                .collect();
+            for writer in writers {
+                writer.join().unwrap().unwrap();
+            }
+        });
+        assert!(read::<Rec>(&p).unwrap().is_some());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -220,7 +220,7 @@ impl Pool {
 }
 
 impl Pool {
-    /// Temp files (`.<id>.img.tmp`, `.<id>.json.<pid>.tmp`) in the pool whose
+    /// Temp files (`.<id>.img.tmp`, `.<id>.json.<tag>.tmp`) in the pool whose
     /// object's lock is free, so no writer is at work on them; each comes with
     /// that lock, held while the caller deals with the file.
     pub(crate) fn abandoned_temp_files(&self) -> Result<Vec<(PathBuf, lock::Guard)>> {
@@ -242,7 +242,8 @@ impl Pool {
 }
 
 /// The object a temp file belongs to: `.<id>.img.tmp` (images) or
-/// `.<id>.json.<pid>.tmp` (records); IDs may contain dots.
+/// `.<id>.json.<tag>.tmp` (records; the tag is `<pid>-<n>`, or `<pid>` from
+/// older versions); IDs may contain dots.
 fn temp_owner(name: &str) -> String {
     let inner = name.trim_start_matches('.').trim_end_matches(".tmp");
     let id = match inner.strip_suffix(".img") {
@@ -269,5 +270,7 @@ mod tests {
         assert_eq!(super::temp_owner(".vol.1.json.4242.tmp"), "vol.1");
         assert_eq!(super::temp_owner(".a.json.json.7.tmp"), "a.json");
         assert_eq!(super::temp_owner(".pvc-1.state.99.tmp"), "pvc-1");
+        assert_eq!(super::temp_owner(".vol.1.json.4242-17.tmp"), "vol.1");
+        assert_eq!(super::temp_owner(".pvc-1.state.99-0.tmp"), "pvc-1");
     }
 }
