@@ -9,6 +9,7 @@
 pub mod copy;
 pub mod doctor;
 pub mod error;
+pub mod extents;
 pub mod failpoint;
 pub mod fs;
 pub mod id;
@@ -21,6 +22,7 @@ pub mod node;
 pub mod pool;
 pub mod quantity;
 pub mod record;
+pub mod snapshot_metadata;
 #[doc(hidden)]
 pub mod testing;
 pub mod tools;

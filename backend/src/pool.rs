@@ -234,7 +234,7 @@ impl Pool {
         self.root.join("snapshots").join(format!("{id}.json"))
     }
 
-    fn snapshot_image_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn snapshot_image_path(&self, id: &str) -> PathBuf {
         self.root.join("snapshots").join(format!("{id}.img"))
     }
 
