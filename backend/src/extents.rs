@@ -403,7 +403,8 @@ pub fn delta(base: &Path, target: &Path, start: u64, end: u64) -> Result<(Vec<Ra
     let candidate_bytes: u64 = candidates.iter().map(|r| r.len).sum();
     stats.shared_bytes = stats.window_bytes - stats.hole_bytes - candidate_bytes;
 
-    let changed = compare(&bf, base, &tf, target, &candidates, &mut stats)?;
+    let changed = compare_in_parallel(&bf, base, &tf, target, &candidates)?;
+    stats.compared_bytes = candidate_bytes;
     stats.changed_bytes = changed.iter().map(|r| r.len).sum();
     stats.unshared_equal_bytes = stats.compared_bytes - stats.changed_bytes;
     stats.ranges = changed.len();
@@ -427,17 +428,66 @@ fn read_full(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()
     Ok(())
 }
 
+/// Readers working at once: the compare waits on the disk, not the CPU,
+/// and a disk serves several requests at a time (scattered unshared blocks
+/// on a reflink pool are latency-bound reads).
+const READERS: usize = 8;
+/// Below this many bytes in fewer than PARALLEL_MIN_RANGES ranges, one reader.
+const PARALLEL_MIN: u64 = 64 << 20;
+const PARALLEL_MIN_RANGES: usize = 64;
+
+/// Splits normal `ranges` into at most `parts` consecutive lists of about
+/// equal bytes, cutting ranges only at multiples of `align`.
+pub fn split(ranges: &[Range], parts: usize, align: u64) -> Vec<Vec<Range>> {
+    let align = align.max(1);
+    let total: u64 = ranges.iter().map(|r| r.len).sum();
+    let share = total.div_ceil(u64::try_from(parts.max(1)).unwrap_or(1)).div_ceil(align) * align;
+    let (mut out, mut current, mut filled) = (Vec::new(), Vec::new(), 0);
+    for &r in ranges {
+        let mut r = r;
+        while r.len > 0 {
+            if filled >= share {
+                out.push(std::mem::take(&mut current));
+                filled = 0;
+            }
+            // Up to the part's share, rounded up to an aligned cut.
+            let cut = (r.offset + (share - filled)).div_ceil(align) * align;
+            let end = cut.min(r.end());
+            current.push(Range::new(r.offset, end - r.offset));
+            filled += end - r.offset;
+            r = Range::new(end, r.end() - end);
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// [`compare`] over [`READERS`] threads, each with a consecutive share of
+/// the candidates; the answers are joined in order.
+fn compare_in_parallel(bf: &File, base: &Path, tf: &File, target: &Path, candidates: &[Range]) -> Result<Vec<Range>> {
+    let total: u64 = candidates.iter().map(|r| r.len).sum();
+    if total < PARALLEL_MIN && candidates.len() < PARALLEL_MIN_RANGES {
+        return compare(bf, base, tf, target, candidates);
+    }
+    let parts = split(candidates, READERS, CHUNK as u64);
+    let answers: Vec<Result<Vec<Range>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            parts.iter().map(|part| scope.spawn(move || compare(bf, base, tf, target, part))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    let mut out = Vec::new();
+    for answer in answers {
+        out.extend(answer?);
+    }
+    Ok(normalize(out))
+}
+
 /// Compares the candidate ranges of both files chunk by chunk; a chunk
 /// that differs is split into [`COMPARE_BLOCK`]s and each differing block is
 /// reported. The answer is normal (adjacent blocks merged).
-fn compare(
-    bf: &File,
-    base: &Path,
-    tf: &File,
-    target: &Path,
-    candidates: &[Range],
-    stats: &mut DeltaStats,
-) -> Result<Vec<Range>> {
+fn compare(bf: &File, base: &Path, tf: &File, target: &Path, candidates: &[Range]) -> Result<Vec<Range>> {
     let mut bbuf = vec![0u8; CHUNK];
     let mut tbuf = vec![0u8; CHUNK];
     let mut out: Vec<Range> = Vec::new();
@@ -451,7 +501,6 @@ fn compare(
             let n = usize::try_from((r.end() - off).min(CHUNK as u64)).unwrap_or(CHUNK);
             read_full(bf, base, &mut bbuf[..n], off)?;
             read_full(tf, target, &mut tbuf[..n], off)?;
-            stats.compared_bytes += n as u64;
             if bbuf[..n] != tbuf[..n] {
                 let chunk_end = off + n as u64;
                 let mut p = off;
@@ -507,6 +556,25 @@ mod tests {
         assert_eq!(clip(&a, 5, 45), vec![r(5, 5), r(20, 10), r(40, 5)]);
         assert_eq!(clip(&a, 10, 20), vec![]);
         assert_eq!(clip(&a, 50, 60), vec![]);
+    }
+
+    #[test]
+    fn split_shares_bytes_at_aligned_cuts() {
+        let a = vec![r(0, 100), r(200, 300), r(1000, 40)];
+        let parts = split(&a, 4, 10);
+        assert_eq!(parts.concat().iter().map(|r| r.len).sum::<u64>(), 440);
+        assert_eq!(normalize(parts.concat()), a);
+        assert!(parts.len() <= 4 && parts.len() >= 3, "{parts:?}");
+        // Cuts fall on multiples of the alignment, and parts are in order.
+        for w in parts.windows(2) {
+            let (last, first) = (w[0].last().unwrap(), w[1].first().unwrap());
+            assert!(last.end() <= first.offset);
+            assert!(last.end() % 10 == 0 || a.iter().any(|x| x.end() == last.end()), "{parts:?}");
+        }
+        assert_eq!(split(&a, 1, 10), vec![a.clone()]);
+        assert!(split(&[], 4, 10).is_empty());
+        // Unaligned ranges still come out whole.
+        assert_eq!(normalize(split(&[r(3, 7), r(15, 1)], 8, 4).concat()), vec![r(3, 7), r(15, 1)]);
     }
 
     #[test]
@@ -594,6 +662,24 @@ mod tests {
         assert_eq!(part, vec![r(100 * 4096 + 10, 2 * 4096 - 10), r(20 * MIB, 4096)]);
         // A file and itself: nothing.
         assert_eq!(delta(&base, &base, 0, 64 * MIB).unwrap().0, vec![]);
+    }
+
+    /// Large enough for the compare to run on several threads.
+    #[test]
+    fn delta_in_parallel_finds_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = PARALLEL_MIN + 32 * MIB;
+        let mut data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        let base = image(dir.path(), "base.img", len, &[(0, &data)]);
+        let changes = [0, 4096 * 5, 30 * MIB + 1, 48 * MIB - 1, len - 1];
+        for &c in &changes {
+            data[usize::try_from(c).unwrap()] ^= 0xff;
+        }
+        let target = image(dir.path(), "target.img", len, &[(0, &data)]);
+        let (got, stats) = delta(&base, &target, 0, len).unwrap();
+        let want: Vec<Range> = normalize(changes.iter().map(|c| r(c / 4096 * 4096, 4096)).collect());
+        assert_eq!(got, want);
+        assert_eq!(stats.compared_bytes, len);
     }
 
     #[test]
