@@ -691,13 +691,23 @@ mod tests {
         assert_eq!(got, vec![r(6 * MIB, 4096)]);
     }
 
-    /// On a reflink filesystem (xfs made here on a loop device), a copy
-    /// shares every block it did not rewrite: those are skipped unread.
+    /// On a reflink filesystem (made here on a loop device), a copy shares
+    /// every block it did not rewrite: those are skipped unread.
     #[test]
     fn reflinked_copy_is_skipped_unread_on_xfs() {
-        if !crate::testing::privileged("reflinked_copy_is_skipped_unread_on_xfs") {
-            return;
+        if crate::testing::privileged("reflinked_copy_is_skipped_unread_on_xfs") {
+            reflinked_copy_is_skipped_unread(&["mkfs.xfs", "-q", "-m", "reflink=1"]);
         }
+    }
+
+    #[test]
+    fn reflinked_copy_is_skipped_unread_on_btrfs() {
+        if crate::testing::privileged("reflinked_copy_is_skipped_unread_on_btrfs") {
+            reflinked_copy_is_skipped_unread(&["mkfs.btrfs", "-q"]);
+        }
+    }
+
+    fn reflinked_copy_is_skipped_unread(mkfs: &[&str]) {
         let sandbox = crate::testing::Sandbox::new();
         let fs_image = image(&sandbox.path(), "fs.img", 512 * MIB, &[]);
         let mnt = sandbox.path().join("mnt");
@@ -706,7 +716,9 @@ mod tests {
             let out = std::process::Command::new(program).args(args).output().unwrap();
             assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
         };
-        run("mkfs.xfs", &["-q".as_ref(), "-m".as_ref(), "reflink=1".as_ref(), fs_image.as_os_str()]);
+        let mkfs_args: Vec<&std::ffi::OsStr> =
+            mkfs[1..].iter().map(|a| a.as_ref()).chain([fs_image.as_os_str()]).collect();
+        run(mkfs[0], &mkfs_args);
         run("mount", &["-o".as_ref(), "loop".as_ref(), fs_image.as_os_str(), mnt.as_os_str()]);
 
         let data: Vec<u8> = (0..16 * MIB).map(|i| (i % 251) as u8).collect();
