@@ -371,6 +371,39 @@ pub struct DeltaStats {
 /// Read-only. Errors: `Error::Io` (open, stat, read), `Error::Sys` (lseek).
 /// A FIEMAP failure is not an error: everything is compared instead.
 pub fn delta(base: &Path, target: &Path, start: u64, end: u64) -> Result<(Vec<Range>, DeltaStats)> {
+    let mut all = Vec::new();
+    let stats = delta_each(base, target, start, end, &mut |ranges| {
+        all.extend_from_slice(ranges);
+        true
+    })?;
+    Ok((all, stats))
+}
+
+/// Candidate bytes compared before the ranges found so far are handed on.
+const WINDOW: u64 = 512 << 20;
+
+/// [`delta`], handing the ranges to `emit` as they are found (in order,
+/// merged across calls, possibly several calls), so a caller can stream
+/// them. `emit` returning false stops the work (the receiver is gone); the
+/// statistics then cover what was done.
+pub fn delta_each(
+    base: &Path,
+    target: &Path,
+    start: u64,
+    end: u64,
+    emit: &mut dyn FnMut(&[Range]) -> bool,
+) -> Result<DeltaStats> {
+    delta_in_windows(base, target, start, end, WINDOW, emit)
+}
+
+fn delta_in_windows(
+    base: &Path,
+    target: &Path,
+    start: u64,
+    end: u64,
+    window_bytes: u64,
+    emit: &mut dyn FnMut(&[Range]) -> bool,
+) -> Result<DeltaStats> {
     let (bf, tf) = (open(base)?, open(target)?);
     for f in [&bf, &tf] {
         // The whole window is read front to back.
@@ -403,12 +436,42 @@ pub fn delta(base: &Path, target: &Path, start: u64, end: u64) -> Result<(Vec<Ra
     let candidate_bytes: u64 = candidates.iter().map(|r| r.len).sum();
     stats.shared_bytes = stats.window_bytes - stats.hole_bytes - candidate_bytes;
 
-    let changed = compare_in_parallel(&bf, base, &tf, target, &candidates)?;
-    stats.compared_bytes = candidate_bytes;
-    stats.changed_bytes = changed.iter().map(|r| r.len).sum();
+    // Window by window; the last range found is held back until the next
+    // window shows whether it continues there.
+    let mut held: Option<Range> = None;
+    for window in
+        split(&candidates, usize::try_from(candidate_bytes.div_ceil(window_bytes.max(1))).unwrap_or(1), CHUNK as u64)
+    {
+        let mut found = compare_in_parallel(&bf, base, &tf, target, &window)?;
+        stats.compared_bytes += window.iter().map(|r| r.len).sum::<u64>();
+        if let (Some(h), Some(first)) = (held, found.first_mut()) {
+            if h.end() == first.offset {
+                *first = Range::new(h.offset, h.len + first.len);
+                held = None;
+            }
+        }
+        let mut out: Vec<Range> = held.take().into_iter().collect();
+        held = found.pop();
+        out.extend(found);
+        if !deliver(&out, &mut stats, emit) {
+            return Ok(stats);
+        }
+    }
+    if let Some(h) = held {
+        deliver(&[h], &mut stats, emit);
+    }
     stats.unshared_equal_bytes = stats.compared_bytes - stats.changed_bytes;
-    stats.ranges = changed.len();
-    Ok((changed, stats))
+    Ok(stats)
+}
+
+/// Counts and hands on found ranges; false when the receiver is gone.
+fn deliver(ranges: &[Range], stats: &mut DeltaStats, emit: &mut dyn FnMut(&[Range]) -> bool) -> bool {
+    if ranges.is_empty() {
+        return true;
+    }
+    stats.changed_bytes += ranges.iter().map(|r| r.len).sum::<u64>();
+    stats.ranges += ranges.len();
+    emit(ranges)
 }
 
 /// Reads `buf.len()` bytes at `offset`, zeros past the end of the file.
@@ -680,6 +743,36 @@ mod tests {
         let want: Vec<Range> = normalize(changes.iter().map(|c| r(c / 4096 * 4096, 4096)).collect());
         assert_eq!(got, want);
         assert_eq!(stats.compared_bytes, len);
+    }
+
+    /// Ranges that span windows come out merged, and a receiver that is
+    /// gone stops the work.
+    #[test]
+    fn delta_each_merges_across_windows_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 32 * MIB;
+        let base = image(dir.path(), "base.img", len, &[(0, &[1; 4096])]);
+        // A changed range over several 2 MiB windows, and one later.
+        let across = vec![9u8; 8 << 20];
+        let target = image(dir.path(), "target.img", len, &[(0, &[1; 4096]), (3 * MIB, &across), (20 * MIB, &[5; 10])]);
+        let mut calls = Vec::new();
+        let stats = delta_in_windows(&base, &target, 0, len, 2 * MIB, &mut |rs| {
+            calls.push(rs.to_vec());
+            true
+        })
+        .unwrap();
+        assert!(calls.len() >= 2, "{calls:?}");
+        assert_eq!(calls.concat(), vec![r(3 * MIB, 8 * MIB), r(20 * MIB, 4096)]);
+        assert_eq!((stats.ranges, stats.changed_bytes), (2, 8 * MIB + 4096));
+        assert_eq!(delta(&base, &target, 0, len).unwrap().0, calls.concat());
+        let mut seen = 0;
+        let stopped = delta_in_windows(&base, &target, 0, len, 2 * MIB, &mut |_| {
+            seen += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!(seen, 1);
+        assert!(stopped.ranges <= 1, "{stopped:?}");
     }
 
     #[test]

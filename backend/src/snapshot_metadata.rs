@@ -58,17 +58,38 @@ impl Pool {
     /// volumes), SizeOutOfRange (offset past the end of the target),
     /// Io/Sys reading the images.
     pub fn snapshot_delta(&self, base_id: &str, target_id: &str, starting_offset: u64) -> Result<SnapshotRanges> {
+        let mut ranges = Vec::new();
+        let capacity_bytes = self.snapshot_delta_each(base_id, target_id, starting_offset, &mut |_, found| {
+            ranges.extend_from_slice(found);
+            true
+        })?;
+        Ok(SnapshotRanges { capacity_bytes, ranges })
+    }
+
+    /// [`Pool::snapshot_delta`], handing the ranges on as they are found:
+    /// `emit(capacity_bytes, ranges)`, in order, merged across calls (none
+    /// when nothing changed). `emit` returning false stops the work (the
+    /// client is gone). Returns the capacity. Errors: as `snapshot_delta`;
+    /// the argument checks fail before the first `emit`.
+    pub fn snapshot_delta_each(
+        &self,
+        base_id: &str,
+        target_id: &str,
+        starting_offset: u64,
+        emit: &mut dyn FnMut(u64, &[Range]) -> bool,
+    ) -> Result<u64> {
         let base = self.snapshot(base_id)?;
         let target = self.snapshot(target_id)?;
         check_same_volume(&base, &target)?;
         let capacity = target.size_bytes;
         check_offset(starting_offset, capacity)?;
         let started = std::time::Instant::now();
-        let (ranges, stats) = extents::delta(
+        let stats = extents::delta_each(
             &self.snapshot_image_path(&base.id),
             &self.snapshot_image_path(&target.id),
             starting_offset,
             capacity,
+            &mut |found| emit(capacity, found),
         )?;
         tracing::info!(
             base = %base.id,
@@ -85,7 +106,7 @@ impl Pool {
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "snapshot delta"
         );
-        Ok(SnapshotRanges { capacity_bytes: capacity, ranges })
+        Ok(capacity)
     }
 }
 
