@@ -439,9 +439,8 @@ fn delta_in_windows(
     // Window by window; the last range found is held back until the next
     // window shows whether it continues there.
     let mut held: Option<Range> = None;
-    for window in
-        split(&candidates, usize::try_from(candidate_bytes.div_ceil(window_bytes.max(1))).unwrap_or(1), CHUNK as u64)
-    {
+    let windows = usize::try_from(candidate_bytes.div_ceil(window_bytes.max(1))).unwrap_or(1);
+    for window in split(&candidates, windows, CHUNK as u64) {
         let mut found = compare_in_parallel(&bf, base, &tf, target, &window)?;
         stats.compared_bytes += window.iter().map(|r| r.len).sum::<u64>();
         if let (Some(h), Some(first)) = (held, found.first_mut()) {
