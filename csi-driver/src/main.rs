@@ -1,6 +1,7 @@
-//! loopvol-csi: the CSI driver. Serves Identity, Controller, Node and
-//! GroupController on one unix socket over the loopvol backend, optionally
-//! Prometheus metrics over HTTP; its subcommands are the admin CLI.
+//! loopvol-csi: the CSI driver. Serves Identity, Controller, Node,
+//! GroupController and SnapshotMetadata on one unix socket over the loopvol
+//! backend, optionally Prometheus metrics over HTTP; its subcommands are the
+//! admin CLI.
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ mod identity;
 mod metrics;
 mod node;
 mod pagination;
+mod snapshot_metadata;
 mod status;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -28,6 +30,7 @@ use loopvol_proto::v1::controller_server::ControllerServer;
 use loopvol_proto::v1::group_controller_server::GroupControllerServer;
 use loopvol_proto::v1::identity_server::IdentityServer;
 use loopvol_proto::v1::node_server::NodeServer;
+use loopvol_proto::v1::snapshot_metadata_server::SnapshotMetadataServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
@@ -91,6 +94,12 @@ struct ServeArgs {
     /// no sidecar calls GetSnapshot yet. The RPC works either way.
     #[arg(long, env = "LOOPVOL_ADVERTISE_GET_SNAPSHOT", default_value_t = false, action = clap::ArgAction::Set)]
     advertise_get_snapshot: bool,
+    /// List SNAPSHOT_METADATA_SERVICE (alpha) in GetPluginCapabilities, so
+    /// that the CO (external-snapshot-metadata) uses changed-block tracking.
+    /// Off by default: csi-sanity v5.3.1 fails its Identity test on that
+    /// capability (v5.4.0 accepts it). The service is served either way.
+    #[arg(long, env = "LOOPVOL_ADVERTISE_SNAPSHOT_METADATA", default_value_t = false, action = clap::ArgAction::Set)]
+    advertise_snapshot_metadata: bool,
     /// For the single external-resizer Deployment (it has no per-node mode):
     /// ControllerExpandVolume of a volume not in this driver's pool answers
     /// with node_expansion_required, and NodeExpandVolume on the node that
@@ -287,10 +296,14 @@ async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .layer(metrics::RpcLayer::new(metrics))
-        .add_service(IdentityServer::new(identity::IdentityService(driver.clone())))
+        .add_service(IdentityServer::new(identity::IdentityService {
+            driver: driver.clone(),
+            advertise_snapshot_metadata: args.advertise_snapshot_metadata,
+        }))
         .add_service(ControllerServer::new(controller::ControllerService(driver.clone())))
         .add_service(NodeServer::new(node::NodeService(driver.clone())))
-        .add_service(GroupControllerServer::new(group_controller::GroupControllerService(driver)))
+        .add_service(GroupControllerServer::new(group_controller::GroupControllerService(driver.clone())))
+        .add_service(SnapshotMetadataServer::new(snapshot_metadata::SnapshotMetadataService(driver)))
         // Every connection goes through the :authority relay (authority.rs),
         // so that gRPC C-core and grpc-java clients are served too.
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener).map(|c| c.map(authority::relay)), async {

@@ -32,6 +32,7 @@ mod doctor;
 mod lifecycle;
 mod live;
 mod node;
+mod snapshot_metadata;
 mod state;
 
 use std::fs;
@@ -46,6 +47,7 @@ pub use controller::{CapacityRange, CreateVolume, ExpandOutcome};
 pub use doctor::{Finding, FindingKind};
 pub use lifecycle::PrivateMount;
 pub use node::{clean_path, PublishRequest, StageRequest, VolumeStats};
+pub use snapshot_metadata::SnapshotRanges;
 pub use state::{NodeState, PublishRecord, StageRecord};
 
 use crate::error::{Error, Result};
