@@ -8,6 +8,7 @@
 //! csi-bench ... publish-storm --volumes 64
 //! csi-bench --json flex.json flex --exe target/release/loopvol
 //! csi-bench report --dir docs/bench --doc docs/BENCHMARKS.md
+//! csi-bench --endpoint unix:///run/csi.sock capabilities
 //! ```
 //!
 //! The first SIGINT stops launching and undoes what is in flight
@@ -114,6 +115,9 @@ enum Command {
         #[arg(long, default_value = "64Mi")]
         size: String,
     },
+    /// Print what the driver advertises, one `SERVICE NAME` line each:
+    /// `plugin CONTROLLER_SERVICE`, `controller MODIFY_VOLUME`, `node STAGE_UNSTAGE_VOLUME`, ...
+    Capabilities,
     /// Regenerate the plot and the tables of docs/BENCHMARKS.md from the JSON results.
     Report {
         #[arg(long, default_value = "docs/bench")]
@@ -219,6 +223,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Report { dir, doc, svg } = &cli.command {
         return report(dir, doc, svg).map(|()| 0);
     }
+    if let Command::Capabilities = &cli.command {
+        let socket = client::socket_path(&cli.endpoint)?;
+        let (c, _) =
+            Csi::wait_ready(&socket, Duration::from_secs(10)).await.context("the driver does not answer Probe")?;
+        for line in client::capabilities(&c).await? {
+            println!("{line}");
+        }
+        return Ok(0);
+    }
     bench::install_signal_handler();
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let run_id = format!("{:08x}", nanos ^ std::process::id().rotate_left(16));
@@ -228,7 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Scale { .. } => "scale",
         Command::PublishStorm { .. } => "publish-storm",
         Command::Flex { .. } => "flex",
-        Command::Report { .. } => unreachable!("handled above"),
+        Command::Report { .. } | Command::Capabilities => unreachable!("handled above"),
     };
     let dir = cli.work_dir.join(format!("{mode}-{run_id}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -346,7 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             not_undone = left;
             true
         }
-        Command::Flex { .. } | Command::Report { .. } => unreachable!("handled above"),
+        Command::Flex { .. } | Command::Report { .. } | Command::Capabilities => unreachable!("handled above"),
     };
     // The driver's figures after the run, once its blocking threads could idle.
     // (A new connection: the scale run may have restarted the driver.)
