@@ -455,9 +455,17 @@ fn report(dir: &Path, doc: &Path, svg: &Path) -> anyhow::Result<()> {
     std::fs::write(svg, bench::report::svg(&runs)).with_context(|| format!("writing {}", svg.display()))?;
     let text = std::fs::read_to_string(doc).unwrap_or_default();
     let binaries = std::fs::read_to_string(dir.join("binaries.txt")).ok();
-    std::fs::write(doc, bench::report::splice(&text, &bench::report::markdown(&runs, binaries.as_deref())))
+    let reference = bench::report::load_reference(dir)?;
+    let section = bench::report::markdown(&runs, &reference, binaries.as_deref());
+    std::fs::write(doc, bench::report::splice(&text, &section))
         .with_context(|| format!("writing {}", doc.display()))?;
-    println!("wrote {} and {} from {} result files", svg.display(), doc.display(), runs.len());
+    println!(
+        "wrote {} and {} from {} result files ({} of the reference driver)",
+        svg.display(),
+        doc.display(),
+        runs.len(),
+        reference.len()
+    );
     Ok(())
 }
 
