@@ -8,9 +8,10 @@
 # profile), starts loopvol-csi on a temporary pool and socket, and the
 # reference driver (hostpathplugin from ../shared/csi-sanity, unpacked by its
 # install.sh) on its own socket and state directory, runs every benchmark
-# with csi-bench (the control-plane ones against both drivers, back to back,
-# so that both see the same machine), writes the results as docs/bench/*.json
-# (the reference's as docs/bench/hostpath/*.json) and regenerates
+# with csi-bench (the control-plane ones against both drivers, alternating in
+# rounds within one csi-bench run, so that both see the same machine), writes
+# the results as docs/bench/*.json (the reference's as
+# docs/bench/hostpath/*.json) and regenerates
 # docs/bench/latency.svg and the tables in docs/BENCHMARKS.md, ratios to the
 # reference included. Without ../shared/csi-sanity it measures loopvol alone
 # and says so.
@@ -176,12 +177,26 @@ ref_bench() {
     --json "$OUT/hostpath/$name.json" ${BENCH_FLAGS:-} "$@"
 }
 
-# Both drivers, the same arguments.
+# Both drivers, the same arguments, one after the other (the idle probe).
 both() {
   local rc=0
   bench "$@" || rc=1
   ref_bench "$@" || rc=1
   return $rc
+}
+
+# A lifecycle benchmark against both drivers in one csi-bench run that
+# alternates between them in 10 rounds, so that the other engineers' builds
+# weigh on both alike (the reference's results: $OUT/hostpath/NAME.json).
+pair() {
+  local name=$1
+  shift
+  if [ -z "$HOSTPATH" ]; then
+    bench "$name" "$@"
+    return
+  fi
+  bench "$name" "$@" --reference-endpoint "unix://$HP_SOCK" --reference-pid-file "$HP_PIDFILE" \
+    --reference-pool "$HP_STATE" --reference-json "$OUT/hostpath/$name.json" --rounds 10
 }
 
 echo "== starting loopvol-csi (pool $POOL)"
@@ -197,11 +212,11 @@ sleep 1
 status=0
 both idle probe || status=1
 # The control plane, against both drivers (ratios in the report).
-both lifecycle-mount lifecycle --count "$N_MOUNT" --concurrency 1 --access mount --size 10Gi --fs-type ext4 || status=1
-both lifecycle-block lifecycle --count "$N_BLOCK" --concurrency 1 --access block --size 1Gi || status=1
+pair lifecycle-mount lifecycle --count "$N_MOUNT" --concurrency 1 --access mount --size 10Gi --fs-type ext4 || status=1
+pair lifecycle-block lifecycle --count "$N_BLOCK" --concurrency 1 --access block --size 1Gi || status=1
 # 1 GiB volumes: 16 x 10 GiB would not fit the pool's space accounting on a small disk.
-both lifecycle-mount-c16 lifecycle --count "$N_C16" --concurrency 16 --access mount --size 1Gi --fs-type ext4 || status=1
-both lifecycle-block-c16 lifecycle --count "$N_C16" --concurrency 16 --access block --size 1Gi || status=1
+pair lifecycle-mount-c16 lifecycle --count "$N_C16" --concurrency 16 --access mount --size 1Gi --fs-type ext4 || status=1
+pair lifecycle-block-c16 lifecycle --count "$N_C16" --concurrency 16 --access block --size 1Gi || status=1
 if [ -n "$HOSTPATH" ]; then
   stop_driver "$HP_PIDFILE"
   rm -f "$HP_PIDFILE"

@@ -286,9 +286,9 @@ fn comparison(runs: &[(String, Value)], reference: &[(String, Value)]) -> String
     let _ = writeln!(
         s,
         "### Against the reference driver\n\n\
-         `{}` (csi-driver-host-path's `hostpathplugin`, default flags), measured in the same run: each \
-         benchmark ran against loopvol and right after it against the reference, with the same csi-bench \
-         command. **ratio = loopvol / reference**: below 1, loopvol is faster or smaller. The reference's \
+         `{}` (csi-driver-host-path's `hostpathplugin`, default flags), measured in the same run with the \
+         same csi-bench commands; the lifecycle benchmarks alternate between the two drivers in 10 rounds, \
+         so that load from other work on the machine weighs on both alike. **ratio = loopvol / reference**: below 1, loopvol is faster or smaller. The reference's \
          mount-mode volume is a plain directory (no filesystem of its own, no size limit), its block-mode \
          volume a fallocated file attached with `losetup`; loopvol's is a sparse image on a loop device, \
          in mount mode formatted (`mkfs.ext4`) and mounted. Medians; the machine is shared and noisy, so \
