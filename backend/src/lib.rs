@@ -32,6 +32,6 @@ pub use filesystem::FsType;
 pub use pool::{
     clean_path, Capacity, CapacityRange, CreateVolume, ExpandOutcome, Finding, FindingKind, GroupSnapshot, Lifecycle,
     NodeState, Pool, PoolOptions, PrivateMount, PublishRecord, PublishRequest, Snapshot, SnapshotRanges, Source,
-    StageRecord, StageRequest, Volume, VolumeStats, SNAPSHOT_RECORD_VERSION, VOLUME_RECORD_VERSION,
+    StageRecord, StageRequest, TrimOutcome, Volume, VolumeStats, SNAPSHOT_RECORD_VERSION, VOLUME_RECORD_VERSION,
 };
 pub use types::{AccessType, Condition, Usage};

@@ -17,6 +17,7 @@ mod node;
 mod pagination;
 mod snapshot_metadata;
 mod status;
+mod trim_schedule;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -106,6 +107,11 @@ struct ServeArgs {
     /// holds the volume grows its image, loop device and filesystem.
     #[arg(long, env = "LOOPVOL_DEFER_EXPANSION_TO_NODE")]
     defer_expansion_to_node: bool,
+    /// Trim every staged filesystem once per interval (spread over it, one
+    /// volume at a time), giving the space of deleted files back to the
+    /// pool: `24h`, `30m`, `90s`, `7d`; `0` turns it off.
+    #[arg(long, env = "LOOPVOL_TRIM_INTERVAL", default_value = "24h", value_parser = trim_schedule::parse_interval)]
+    trim_interval: trim_schedule::Interval,
     /// Serve Prometheus metrics over plain HTTP at http://ADDRESS/metrics
     /// (e.g. 127.0.0.1:9808 or [::]:9808). Unset or empty: no metrics server.
     #[arg(long, env = "LOOPVOL_METRICS_ADDRESS", value_name = "ADDRESS")]
@@ -270,6 +276,9 @@ async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
     driver.advertise_get_snapshot = args.advertise_get_snapshot;
     driver.defer_expansion_to_node = args.defer_expansion_to_node;
     let driver = std::sync::Arc::new(driver);
+    if let trim_schedule::Interval(Some(interval)) = args.trim_interval {
+        tokio::spawn(trim_schedule::run(driver.clone(), interval));
+    }
     // Metrics first: once the CSI socket exists, everything is up.
     let metrics = match metrics_address {
         None => None,

@@ -10,6 +10,7 @@
 //! - `node`: stage, publish, unpublish, unstage, stats, node expansion;
 //! - `lifecycle`: whole lifecycles under one lock (FlexVolume mounts, CSI
 //!   ephemeral volumes);
+//! - `trim`: giving the space of deleted files back to the pool;
 //! - `doctor`: finding and repairing what is out of line.
 //!
 //! Layout on disk:
@@ -34,6 +35,7 @@ mod live;
 mod node;
 mod snapshot_metadata;
 mod state;
+mod trim;
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -49,6 +51,7 @@ pub use lifecycle::PrivateMount;
 pub use node::{clean_path, PublishRequest, StageRequest, VolumeStats};
 pub use snapshot_metadata::SnapshotRanges;
 pub use state::{NodeState, PublishRecord, StageRecord};
+pub use trim::TrimOutcome;
 
 use crate::error::{Error, Result};
 use crate::filesystem::FsType;

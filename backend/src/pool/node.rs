@@ -81,6 +81,12 @@ impl Pool {
             AccessType::Mount => MountOptions::parse(&req.mount_options, Some(fs_type))?,
             AccessType::Block => MountOptions::default(),
         };
+        if vol.thick && opts.given.iter().any(|o| o == "discard") {
+            return Err(Error::MountOptionNotAllowed {
+                option: "discard".into(),
+                reason: "a thick volume keeps its preallocation, and discards would punch holes into it",
+            });
+        }
         let live = self.reconcile(vol, state)?;
         if let Some(st) = &state.staged {
             if st.staging_path != staging {
