@@ -625,6 +625,10 @@ def flex_pv_expansion(c: Cluster) -> None:
     for claim in ("flex-xfs", "flex-e4"):
         c.kubectl("patch", "pvc", claim, "-p", '{"spec":{"resources":{"requests":{"storage":"800Mi"}}}}')
     wait_until("xfs grown online", lambda: _fs_bytes(xmnt) > 700 * MI, timeout=120)
+    # kubelet's expandfs grows the ext4 image too; its online growth is
+    # refused here (EPERM), which kubelet retries while the pod keeps running.
+    image = c.pool / "volumes" / "e2e-flex-ge.img"
+    wait_until("ext4 image grown by expandfs", lambda: image.stat().st_size >= 800 * MI, timeout=120)
     check(c.get("pod", "flex-grow")["status"]["phase"] == "Running", "the pod kept running")
     c.delete("pod", "flex-grow")
     c.run_pod(pod("flex-grown", "set -e; df -k /x /e; test $(df -k /e | awk 'NR==2 {print $2}') -gt 700000; "
