@@ -378,6 +378,30 @@ def pvc(name: str, sc: str = "loopvol-ext4", size: str = "1Gi", block: bool = Fa
 # deletes what it created; the runner then checks for leftovers.
 
 
+def csi_concurrent_liveness_probes(c: Cluster) -> None:
+    """livenessprobe's /healthz calls Probe once per request; kubelet, the
+    sidecars and the livenessprobe probe at once in a real pod. 64 concurrent
+    health checks must all be healthy (a failed one restarts the driver's
+    container; concurrent Probes used to collide on one temp file)."""
+    import concurrent.futures
+    import urllib.error
+    import urllib.request
+
+    def healthz(_):
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:19808/healthz", timeout=30) as r:
+                return r.status, r.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    wait_until("livenessprobe serving", lambda: healthz(0)[0] == 200, timeout=30)
+    for _ in range(4):
+        with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
+            answers = list(pool.map(healthz, range(64)))
+        bad = [a for a in answers if a[0] != 200]
+        check(not bad, f"{len(bad)} of 64 concurrent health checks failed: {bad[:3]}")
+
+
 def csi_dynamic_provisioning_keeps_data(c: Cluster) -> None:
     """WaitForFirstConsumer + storage capacity tracking; data survives pod
     delete/recreate; deleting the PVC removes the image."""
@@ -724,6 +748,7 @@ def _quantity(q: str) -> float:
 
 
 CASES = [
+    csi_concurrent_liveness_probes,
     csi_dynamic_provisioning_keeps_data,
     flex_inline_ext4_xfs_fsgroup_readonly,
     csi_snapshot_restore_and_clone,
