@@ -402,6 +402,36 @@ def csi_concurrent_liveness_probes(c: Cluster) -> None:
         check(not bad, f"{len(bad)} of 64 concurrent health checks failed: {bad[:3]}")
 
 
+GRPCIO = "grpcio==1.85.3"
+GRPC_CLIENT = r"""
+import sys, grpc
+sock = sys.argv[1]
+# Default options, then :authority forced to the socket path, as gRPC C-core
+# and grpc-java send it; h2 alone resets both forms (issue 13).
+for options in ([], [("grpc.default_authority", sock)]):
+    channel = grpc.insecure_channel("unix:" + sock, options=options)
+    ready = channel.unary_unary("/csi.v1.Identity/Probe")(b"", timeout=30)
+    assert ready == b"\n\x02\x08\x01", (options, ready)
+    info = channel.unary_unary("/csi.v1.Identity/GetPluginInfo")(b"", timeout=30)
+    assert b"loopvol.csi.io" in info, (options, info)
+    print("served", options)
+"""
+
+
+def csi_grpc_core_client_is_served(c: Cluster) -> None:
+    """A gRPC C-core client (Python grpcio, from PyPI into a venv under
+    target/) calls the driver's real socket, also with the socket path as
+    :authority."""
+    venv = ROOT / "target" / "e2e-venv"
+    python = venv / "bin" / "python"
+    if subprocess.run([str(python), "-c", "import grpc"], capture_output=True).returncode != 0 if python.exists() else True:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = subprocess.run([str(python), "-m", "pip", "install", "-q", GRPCIO], capture_output=True, text=True)
+        check(pip.returncode == 0, f"pip install {GRPCIO}: {pip.stderr[-1500:]}")
+    out = subprocess.run([str(python), "-c", GRPC_CLIENT, str(c.socket)], capture_output=True, text=True, timeout=120)
+    check(out.returncode == 0 and out.stdout.count("served") == 2, f"grpcio client: {out.stdout} {out.stderr[-2000:]}")
+
+
 def csi_dynamic_provisioning_keeps_data(c: Cluster) -> None:
     """WaitForFirstConsumer + storage capacity tracking; data survives pod
     delete/recreate; deleting the PVC removes the image."""
@@ -749,6 +779,7 @@ def _quantity(q: str) -> float:
 
 CASES = [
     csi_concurrent_liveness_probes,
+    csi_grpc_core_client_is_served,
     csi_dynamic_provisioning_keeps_data,
     flex_inline_ext4_xfs_fsgroup_readonly,
     csi_snapshot_restore_and_clone,
