@@ -574,8 +574,8 @@ def csi_volume_group_snapshot(c: Cluster) -> None:
 
     csi-snapshotter v8.6.0 with --node-deployment (how deploy/ runs it, and
     the kit's node snapshotter here) never handles a VolumeGroupSnapshotContent:
-    snapshot-controller labels only VolumeSnapshotContents with the node that
-    manages them, so the group content waits forever (seen in this tier). On
+    it gets no managed-by node label, and the group content waits forever
+    (seen in this tier). On
     this one-node cluster a second, cluster-wide snapshotter is started for
     the case, which tests the driver's GroupController through the real
     sidecars; deploy/ has no such snapshotter yet."""
