@@ -107,6 +107,16 @@ struct ServeArgs {
     /// holds the volume grows its image, loop device and filesystem.
     #[arg(long, env = "LOOPVOL_DEFER_EXPANSION_TO_NODE")]
     defer_expansion_to_node: bool,
+    /// Let the pool promise up to this many times its size (thin volumes
+    /// overcommitted). 1, the default, reserves every volume's whole size.
+    /// An overcommitted pool that runs low on real space (--low-space-percent)
+    /// marks its volumes' condition abnormal before writes in them fail.
+    #[arg(long, env = "LOOPVOL_OVERPROVISION_RATIO", default_value_t = 1.0, value_parser = ratio)]
+    overprovision_ratio: f64,
+    /// With --overprovision-ratio above 1: real free space (percent of the
+    /// pool's size) below which volumes are reported abnormal.
+    #[arg(long, env = "LOOPVOL_LOW_SPACE_PERCENT", default_value_t = 5.0, value_parser = percent)]
+    low_space_percent: f64,
     /// Trim every staged filesystem once per interval (spread over it, one
     /// volume at a time), giving the space of deleted files back to the
     /// pool: `24h`, `30m`, `90s`, `7d`; `0` turns it off.
@@ -130,6 +140,22 @@ struct Serve {
 /// How long SIGTERM waits for in-flight calls (Kubernetes' default grace
 /// period is 30 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// `--overprovision-ratio`: a finite number, at least 1.
+fn ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 1.0 => Ok(r),
+        _ => Err(format!("{text:?}: want a number of at least 1 (1 = no overcommit)")),
+    }
+}
+
+/// `--low-space-percent`: 0 to 100.
+fn percent(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?}: want a percentage from 0 to 100")),
+    }
+}
 
 fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
     let path = match endpoint.split_once("://") {
@@ -262,8 +288,13 @@ async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
     let Serve { args, node_id, pool: pool_path, driver_name, metrics_address } = serve;
     let socket = socket_path(&args.endpoint)?;
     let pool_dir = pool_path.clone();
+    let options = PoolOptions {
+        overprovision_ratio: args.overprovision_ratio,
+        low_space_percent: args.low_space_percent,
+        ..PoolOptions::default()
+    };
     let pool = tokio::task::spawn_blocking(move || {
-        let pool = Pool::open(&pool_dir, PoolOptions::default())?;
+        let pool = Pool::open(&pool_dir, options)?;
         // Trust the kernel over the records after a crash or reboot.
         if let Err(e) = pool.reconcile_all() {
             tracing::warn!(error = %e, "start-up reconcile failed; volumes reconcile when next touched");

@@ -282,7 +282,7 @@ impl Pool {
             loopdev::detach(dev)?;
         }
         if state.staged.take().is_some() {
-            self.write_node_state(&vol.id, state)?;
+            self.write_shrunk_node_state(&vol.id, state)?;
         }
         if remove_dir {
             match fs::remove_dir(staging) {
@@ -403,7 +403,7 @@ impl Pool {
     pub(crate) fn unpublish_locked(&self, vol: &Volume, state: &mut NodeState, target: &Path) -> Result<()> {
         mount::cleanup(target)?;
         if state.published.remove(target).is_some() {
-            self.write_node_state(&vol.id, state)?;
+            self.write_shrunk_node_state(&vol.id, state)?;
         }
         tracing::info!(volume = %vol.id, target = %target.display(), "volume unpublished");
         Ok(())
@@ -419,7 +419,7 @@ impl Pool {
         if !live.mount_points.contains(&path) {
             return Err(Error::NotAtPath { id: id.into(), path });
         }
-        let mut condition = self.condition_of(&vol, &state, &live);
+        let mut condition = self.pool_condition()?.unwrap_or_else(|| self.condition_of(&vol, &state, &live));
         match (vol.access_type, &live.device) {
             (AccessType::Mount, _) => match fstools::usage(&path) {
                 Ok(usage) => Ok(VolumeStats { usage: Some(usage), total_bytes: usage.bytes_total, condition }),
