@@ -150,9 +150,11 @@ fn size(key: &str, value: &str) -> Result<Option<u64>> {
     match quantity::parse(value.trim()) {
         Ok(0) => Err(invalid(key, "must be greater than zero")),
         Ok(n) => Ok(Some(n)),
-        Err(e) => {
-            Err(invalid(key, &format!("{:?} is not a quantity like 1Gi: {e}", crate::id::truncate(value.trim()))))
-        }
+        // The parser's message may quote the input: bound it too.
+        Err(e) => Err(invalid(
+            key,
+            &format!("{:?} is not a quantity like 1Gi: {}", crate::id::truncate(value.trim()), crate::id::truncate(&e)),
+        )),
     }
 }
 
@@ -246,6 +248,17 @@ mod tests {
             let e = parse(&[bad], Dialect::FlexVolume).unwrap_err().to_string();
             assert!(e.contains(bad.0), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn refusals_quote_a_bounded_part_of_the_value() {
+        let long = format!("1{}", "x".repeat(100_000));
+        for dialect in [Dialect::EphemeralVolume, Dialect::FlexVolume] {
+            let e = parse(&[("size", &long)], dialect).unwrap_err().to_string();
+            assert!(e.len() < 400, "{dialect:?}: {} bytes", e.len());
+        }
+        let e = parse(&[(&long, "v")], Dialect::StorageClass).unwrap_err().to_string();
+        assert!(e.len() < 400, "{} bytes", e.len());
     }
 
     #[test]

@@ -36,6 +36,9 @@ struct Staging {
     mount_options: Vec<String>,
     /// The kernel has it mounted (block: the loop device is attached).
     live: bool,
+    /// The loop device does direct I/O (false: buffered, e.g. the pool's
+    /// filesystem refused O_DIRECT).
+    direct_io: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,6 +63,10 @@ struct VolumeReport {
     fs_type: &'static str,
     access_type: &'static str,
     thick: bool,
+    /// directIO as asked for (the staging says what the device does).
+    direct_io: bool,
+    /// The loop device's logical block size.
+    block_size: u32,
     source: Option<SourceRef>,
     created_at: u64,
     parameters: BTreeMap<String, String>,
@@ -111,6 +118,7 @@ pub fn run(pool: &Pool, id: &str, output: Output) -> anyhow::Result<ExitCode> {
 }
 
 fn volume_report(pool: &Pool, vol: Volume) -> anyhow::Result<VolumeReport> {
+    let block_size = vol.device_block_size();
     let image_path = pool.volume_image_path(&vol.id);
     let (device, mounts) = pool.live_mounts(&vol.id)?;
     let condition = pool.condition(&vol.id)?;
@@ -125,6 +133,7 @@ fn volume_report(pool: &Pool, vol: Volume) -> anyhow::Result<VolumeReport> {
         fs_type: st.fs_type.as_str(),
         read_only: st.read_only,
         mount_options: st.mount_options.clone(),
+        direct_io: st.direct_io,
     });
     let published = state
         .published
@@ -146,6 +155,8 @@ fn volume_report(pool: &Pool, vol: Volume) -> anyhow::Result<VolumeReport> {
         fs_type: vol.fs_type.as_str(),
         access_type: vol.access_type.as_str(),
         thick: vol.thick,
+        direct_io: vol.direct_io,
+        block_size,
         created_at: vol.created_at,
         parameters: vol.parameters,
         formatted: vol.formatted,
@@ -190,6 +201,14 @@ fn render_volume(r: &VolumeReport) -> String {
     }
     kv(&mut out, "Image:", image_line(&r.image, r.capacity_bytes));
     kv(&mut out, "Loop device:", r.loop_device.as_ref().map_or("-".into(), |d| d.display().to_string()));
+    let io = match &r.staging {
+        Some(s) if s.live && r.direct_io && !s.direct_io => "buffered (the pool's filesystem refused direct I/O)",
+        Some(s) if s.live && s.direct_io => "direct",
+        Some(s) if s.live => "buffered",
+        _ if r.direct_io => "direct when staged",
+        _ => "buffered (directIO=false)",
+    };
+    kv(&mut out, "I/O:", format!("{io}, {}-byte blocks", r.block_size));
     match &r.staging {
         Some(s) => kv(
             &mut out,
