@@ -9,7 +9,6 @@
 //! newer loopvol is refused rather than half understood.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -284,15 +283,12 @@ impl Pool {
 
     /// The names (without `.json`) of the records in a pool directory, sorted.
     fn record_names(&self, dir: &str) -> Result<Vec<String>> {
-        let dir = self.root.join(dir);
-        let mut names: Vec<String> = fs::read_dir(&dir)
-            .map_err(|e| Error::io("list", &dir, e))?
-            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        let names = super::list_names(&self.root.join(dir))?;
+        Ok(names
+            .into_iter()
             .filter(|name| !name.starts_with('.'))
             .filter_map(|name| name.strip_suffix(".json").map(str::to_string))
-            .collect();
-        names.sort();
-        Ok(names)
+            .collect())
     }
 }
 

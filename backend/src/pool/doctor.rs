@@ -68,7 +68,7 @@ impl Pool {
 
         // Records: parse each, note the IDs, check images and node state.
         let mut ids = BTreeSet::new();
-        for name in list(&volumes_dir)? {
+        for name in super::list_names(&volumes_dir)? {
             let path = volumes_dir.join(&name);
             if name.starts_with('.') && name.ends_with(".tmp") {
                 continue; // handled below
@@ -124,7 +124,7 @@ impl Pool {
         // Images without records, and temp files whose writer is gone.
         for dir in ["volumes", "snapshots"] {
             let d = self.root.join(dir);
-            for name in list(&d)? {
+            for name in super::list_names(&d)? {
                 let path = d.join(&name);
                 if name.starts_with('.') && name.ends_with(".tmp") {
                     continue; // temp files: below
@@ -227,7 +227,7 @@ impl Pool {
         let mut out = Vec::new();
         for (dir, kind) in [("volumes", "vol"), ("snapshots", "snap"), ("groups", "group")] {
             let dir = self.root.join(dir);
-            for name in list(&dir)? {
+            for name in super::list_names(&dir)? {
                 if !(name.starts_with('.') && name.ends_with(".tmp")) {
                     continue;
                 }
@@ -251,15 +251,6 @@ fn temp_owner(name: &str) -> String {
         None => inner.rsplit_once(".json.").or_else(|| inner.rsplit_once(".state.")).map_or(inner, |(id, _)| id),
     };
     id.to_string()
-}
-
-fn list(dir: &std::path::Path) -> Result<Vec<String>> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map_err(|e| Error::io("list", dir, e))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    Ok(names)
 }
 
 #[cfg(test)]

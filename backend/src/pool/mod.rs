@@ -143,6 +143,16 @@ pub struct Pool {
 /// sectors; whole MiB keep filesystems' geometry simple).
 pub(crate) const SIZE_ALIGN: u64 = 1 << 20;
 
+/// The names of a pool directory's entries (UTF-8 ones), sorted.
+pub(crate) fn list_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map_err(|e| Error::io("list", dir, e))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
