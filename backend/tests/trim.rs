@@ -86,6 +86,17 @@ fn trim_returns_the_space_of_deleted_files_and_leaves_thick_volumes_whole() {
     stage(&pool, &thick, &thick_staging, &[]).unwrap();
     let full = pool.allocated_bytes(&thick).unwrap();
     assert!(full >= 256 * MIB, "thick volumes are preallocated: {full}");
+    // Nothing is left for the kernel's lazy init to zero (its zeroing would
+    // punch holes into the image): every group's inode table is zeroed.
+    let device = pool.node_state(&thick).unwrap().staged.unwrap().device;
+    let out = std::process::Command::new("dumpe2fs").arg(&device).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let groups = text
+        .lines()
+        .filter(|l| l.strip_prefix("Group ").is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit())))
+        .count();
+    assert!(groups > 0, "dumpe2fs: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches("ITABLE_ZEROED").count(), groups, "every inode table zeroed at mkfs");
     let outcome = pool.trim(&thick).unwrap();
     assert_eq!(outcome.skipped, Some("thick volumes keep their preallocation"));
     assert_eq!(pool.allocated_bytes(&thick).unwrap(), full);

@@ -80,15 +80,14 @@ fn parse_blkid_export(text: &str) -> String {
 /// Makes a filesystem of type `fs` on `device`, overwriting whatever is there
 /// (the caller probes first and refuses to format a non-blank device), with
 /// the mkfs program and flags of the filesystem's policy. `thick` keeps the
-/// image's preallocation: mkfs must not discard (TRIM) the device, which on a
-/// loop device punches holes into the image.
+/// image's preallocation (see `Policy::mkfs_thick`).
 ///
 /// Errors: mkfs fails (`Error::Tool`), e.g. mkfs.xfs on less than 300 MiB.
 pub fn format(device: &Path, fs: FsType, thick: bool) -> Result<()> {
     let policy = fs.policy();
     let mut args: Vec<&OsStr> = policy.mkfs_args.iter().map(OsStr::new).collect();
     if thick {
-        args.extend(policy.mkfs_nodiscard.iter().map(OsStr::new));
+        args.extend(policy.mkfs_thick.iter().map(OsStr::new));
     }
     args.push(device.as_os_str());
     tools::run(policy.mkfs, &args)?;
