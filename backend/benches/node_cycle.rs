@@ -53,6 +53,7 @@ fn main() {
                 source: None,
                 parameters: BTreeMap::new(),
                 lifecycle: Lifecycle::Persistent,
+                direct_io: true,
             })
             .expect("create");
         pool.stage(&vol.id, &stage).expect("first stage");

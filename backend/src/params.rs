@@ -30,6 +30,9 @@ pub enum Dialect {
 pub const FS_TYPE: &str = "fsType";
 /// StorageClass, ephemeral volumes, FlexVolume: preallocate the image.
 pub const THICK: &str = "thick";
+/// StorageClass, ephemeral volumes, FlexVolume: attach with direct I/O
+/// (default true).
+pub const DIRECT_IO: &str = "directIO";
 /// Ephemeral volumes, FlexVolume: the size (a Kubernetes quantity).
 pub const SIZE: &str = "size";
 /// FlexVolume: comma-separated mount options of the staging mount.
@@ -48,13 +51,14 @@ pub const FLEX_PV_OR_VOLUME_NAME: &str = "kubernetes.io/pvOrVolumeName";
 /// FlexVolume: create the volume when missing (default true).
 pub const FLEX_CREATE: &str = "create";
 /// The options a FlexVolume PV may carry that loopvol understands.
-pub const FLEX_VOLUME_OPTIONS: &[&str] = &[FLEX_VOLUME_ID, SIZE, FLEX_CREATE, MOUNT_OPTIONS, THICK];
+pub const FLEX_VOLUME_OPTIONS: &[&str] = &[FLEX_VOLUME_ID, SIZE, FLEX_CREATE, MOUNT_OPTIONS, THICK, DIRECT_IO];
 
 /// What the parameters say about the volume. None: not given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeParams {
     pub fs_type: Option<FsType>,
     pub thick: Option<bool>,
+    pub direct_io: Option<bool>,
     pub size: Option<u64>,
     pub mount_options: Vec<String>,
     /// What a StorageClass volume's record keeps (the sidecars' keys dropped).
@@ -79,6 +83,7 @@ impl VolumeParams {
                     }
                 }
                 (_, THICK) => out.thick = parse_bool(key, value)?,
+                (_, DIRECT_IO) => out.direct_io = parse_bool(key, value)?,
                 (Dialect::EphemeralVolume | Dialect::FlexVolume, SIZE) => out.size = size(key, value)?,
                 (Dialect::FlexVolume, MOUNT_OPTIONS) => {
                     out.mount_options =
@@ -161,6 +166,17 @@ mod tests {
 
     fn parse(pairs: &[(&str, &str)], dialect: Dialect) -> Result<VolumeParams> {
         VolumeParams::parse(pairs.iter().copied(), dialect)
+    }
+
+    #[test]
+    fn direct_io_in_every_dialect() {
+        for dialect in [Dialect::StorageClass, Dialect::EphemeralVolume, Dialect::FlexVolume] {
+            assert_eq!(parse(&[("directIO", "false")], dialect).unwrap().direct_io, Some(false), "{dialect:?}");
+            assert_eq!(parse(&[("directIO", "True")], dialect).unwrap().direct_io, Some(true), "{dialect:?}");
+            assert_eq!(parse(&[], dialect).unwrap().direct_io, None);
+            let e = parse(&[("directIO", "on")], dialect).unwrap_err();
+            assert!(matches!(&e, Error::InvalidParameter { key, .. } if key == "directIO"), "{dialect:?}: {e}");
+        }
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub fn detach_loop_device(device: &Path) {
 /// Attaches `image` to a loop device without autoclear (nothing mounts it)
 /// and returns the device path.
 pub fn attach_loop_device(image: &Path) -> crate::Result<PathBuf> {
-    let attached = loopdev::attach(image, loopdev::AttachOptions { autoclear: false, read_only: false })?;
+    let attached =
+        loopdev::attach(image, loopdev::AttachOptions { autoclear: false, read_only: false, ..Default::default() })?;
     Ok(attached.device.path)
 }

@@ -39,6 +39,7 @@ fn create_req(name: &str, size: u64, access_type: AccessType, thick: bool) -> Cr
         source: None,
         parameters: BTreeMap::new(),
         lifecycle: Lifecycle::Persistent,
+        direct_io: true,
     }
 }
 

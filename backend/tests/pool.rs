@@ -62,6 +62,7 @@ fn create_req(name: &str, size: u64, fs_type: Option<FsType>, access_type: Acces
         source: None,
         parameters: BTreeMap::new(),
         lifecycle: Lifecycle::Persistent,
+        direct_io: true,
     }
 }
 

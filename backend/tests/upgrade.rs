@@ -139,6 +139,7 @@ fn old_volumes_stage_publish_and_end_as_their_lifecycle_says() {
                 source: None,
                 parameters: Default::default(),
                 lifecycle: Lifecycle::Ephemeral,
+                direct_io: true,
             },
             create: false,
             staging_root: None,

@@ -119,6 +119,7 @@ impl Controller for ControllerService {
             source,
             parameters: params.kept,
             lifecycle: Lifecycle::Persistent,
+            direct_io: params.direct_io.unwrap_or(true),
         };
         let vol = self.0.run(move |pool| pool.create_volume(&create)).await?;
         Ok(Response::new(csi::CreateVolumeResponse { volume: Some(self.csi_volume(&vol)) }))

@@ -60,6 +60,7 @@ fn ephemeral_mount(
             source: None,
             parameters: BTreeMap::new(),
             lifecycle: Lifecycle::Ephemeral,
+            direct_io: attrs.direct_io.unwrap_or(true),
         },
         create: true,
         // The pool's own staging directory: kubelet gives ephemeral volumes none.

@@ -38,6 +38,7 @@ fn create(pool: &Pool, name: &str, size: u64) -> String {
         source: None,
         parameters: BTreeMap::from([("fsType".to_string(), "ext4".to_string())]),
         lifecycle: loopvol_backend::Lifecycle::Persistent,
+        direct_io: true,
     };
     pool.create_volume(&req).unwrap().id
 }

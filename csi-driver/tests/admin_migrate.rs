@@ -158,6 +158,7 @@ fn a_blank_fs_type_comes_from_the_pool_record_or_the_flexvolume_config() {
         source: None,
         parameters: Default::default(),
         lifecycle: loopvol_backend::Lifecycle::Persistent,
+        direct_io: true,
     })
     .unwrap();
     let pv = "kind: PersistentVolume\nmetadata: {name: xfs-data}\nspec:\n  capacity: {storage: 300Mi}\n  \

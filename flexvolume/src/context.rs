@@ -49,6 +49,7 @@ impl Ctx {
             source: None,
             parameters,
             lifecycle: Lifecycle::Persistent,
+            direct_io: opts.direct_io,
         }
     }
 

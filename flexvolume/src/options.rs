@@ -57,6 +57,8 @@ pub struct Options {
     pub create: bool,
     pub mount_options: Vec<String>,
     pub thick: bool,
+    /// Attach with direct I/O where the pool allows (option `directIO`, default true).
+    pub direct_io: bool,
 }
 
 impl Options {
@@ -103,6 +105,7 @@ impl Options {
         opts.fs_type = volume.fs_type;
         opts.size = volume.size;
         opts.thick = volume.thick.unwrap_or(false);
+        opts.direct_io = volume.direct_io.unwrap_or(true);
         opts.mount_options = volume.mount_options;
         opts.read_only = match get(READWRITE) {
             None | Some("rw") => false,

@@ -293,6 +293,7 @@ fn pool_files_are_private() {
         source: None,
         parameters: BTreeMap::new(),
         lifecycle: Lifecycle::Persistent,
+        direct_io: true,
     };
     let thin = pool.create_volume(&req("thin", false)).unwrap();
     let thick = pool.create_volume(&req("thick", true)).unwrap();
@@ -454,6 +455,7 @@ fn symlinked_targets_are_not_followed() {
             source: None,
             parameters: BTreeMap::new(),
             lifecycle: Lifecycle::Persistent,
+            direct_io: true,
         })
         .unwrap();
     let staging = dir.join("staging");

@@ -198,7 +198,7 @@ fn loop_autoclear_device_goes_with_its_last_user() {
     privileged!("loop_autoclear_device_goes_with_its_last_user");
     let lab = Lab::new();
     let image = lab.image("a.img", 64 * MIB);
-    let opts = AttachOptions { autoclear: true, read_only: false };
+    let opts = AttachOptions { autoclear: true, read_only: false, ..Default::default() };
 
     // Only our handle holds it: dropping the handle detaches it.
     let attached = loopdev::attach(&image, opts).unwrap();
@@ -224,14 +224,16 @@ fn loop_read_only_device() {
     privileged!("loop_read_only_device");
     let lab = Lab::new();
     let image = lab.image("ro.img", 64 * MIB);
-    let ro = loopdev::attach(&image, AttachOptions { autoclear: false, read_only: true }).unwrap();
+    let ro =
+        loopdev::attach(&image, AttachOptions { autoclear: false, read_only: true, ..Default::default() }).unwrap();
     let sys_ro = std::fs::read_to_string(format!("/sys/block/loop{}/ro", ro.device.number)).unwrap();
     assert_eq!(sys_ro.trim(), "1");
     // The open succeeds (block devices check writes, not opens); the write fails.
     let written = File::options().write(true).open(&ro.device.path).and_then(|f| f.write_all_at(b"x", 0));
     assert_eq!(errno_of(&written.unwrap_err()), Errno::EPERM);
     // Reusing it read-only is fine; read-write is refused.
-    let again = loopdev::attach(&image, AttachOptions { autoclear: false, read_only: true }).unwrap();
+    let again =
+        loopdev::attach(&image, AttachOptions { autoclear: false, read_only: true, ..Default::default() }).unwrap();
     assert_eq!(again.device, ro.device);
     assert_eq!(sys_errno(loopdev::attach(&image, AttachOptions::default())), Errno::EROFS);
     loopdev::detach(&ro.device).unwrap();
@@ -257,7 +259,11 @@ fn loop_parallel_attaches_get_distinct_verified_devices() {
     let attached: Vec<Attached> = std::thread::scope(|s| {
         let handles: Vec<_> = images
             .iter()
-            .map(|img| s.spawn(move || loopdev::attach(img, AttachOptions { autoclear: true, read_only: false })))
+            .map(|img| {
+                s.spawn(move || {
+                    loopdev::attach(img, AttachOptions { autoclear: true, read_only: false, ..Default::default() })
+                })
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
     });

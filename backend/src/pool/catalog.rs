@@ -38,6 +38,10 @@ fn version_1() -> u32 {
     1
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// Where a new volume's content comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "id")]
@@ -89,6 +93,16 @@ pub struct Volume {
     /// FlexVolume attach mode: the node that holds the volume.
     #[serde(default)]
     pub attached_node: Option<String>,
+    /// Attach with direct I/O where the pool's filesystem allows it
+    /// (parameter `directIO`; records from before it existed: yes).
+    #[serde(default = "yes")]
+    pub direct_io: bool,
+    /// The logical block size of the volume's loop device, chosen when the
+    /// volume was created (or inherited from its content source) and never
+    /// changed: its filesystem keeps the sector size it was made with. None:
+    /// created before this was recorded, when every device had 512.
+    #[serde(default)]
+    pub block_size: Option<u32>,
 }
 
 /// A volume record as version 1 may have stored it, node state included.
@@ -116,6 +130,10 @@ pub struct Snapshot {
     #[serde(default)]
     pub group_id: Option<String>,
     pub ready: bool,
+    /// The source volume's block size (see [`Volume::block_size`]), which a
+    /// restore keeps.
+    #[serde(default)]
+    pub block_size: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +178,13 @@ fn read_versioned<T: serde::de::DeserializeOwned>(
     match record::read::<T>(path)? {
         Some(rec) if version(&rec) > known => Err(newer(path, version(&rec), known)),
         other => Ok(other),
+    }
+}
+
+impl Volume {
+    /// The logical block size its loop device has (512 when not recorded).
+    pub fn device_block_size(&self) -> u32 {
+        self.block_size.unwrap_or(512)
     }
 }
 

@@ -45,6 +45,8 @@ pub struct CreateVolume {
     /// Free-form parameters kept in the record (StorageClass parameters).
     pub parameters: BTreeMap<String, String>,
     pub lifecycle: Lifecycle,
+    /// Attach with direct I/O where the pool's filesystem allows it.
+    pub direct_io: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +88,8 @@ impl Pool {
 
         // Resolve the source first: its size and filesystem decide ours.
         let mut source_guard = None;
-        let (source_image, source_size, source_fs) = match &req.source {
-            None => (None, 0, None),
+        let (source_image, source_size, source_fs, source_block) = match &req.source {
+            None => (None, 0, None, None),
             Some(Source::Snapshot(sid)) => {
                 let snap = self.snapshot(sid)?;
                 if snap.access_type != req.access_type
@@ -96,7 +98,7 @@ impl Pool {
                 {
                     return Err(Error::InvalidArgument(format!("snapshot {sid} is of a block volume")));
                 }
-                (Some(self.snapshot_image_path(sid)), snap.size_bytes, Some(snap.fs_type))
+                (Some(self.snapshot_image_path(sid)), snap.size_bytes, Some(snap.fs_type), Some(snap.block_size))
             }
             Some(Source::Volume(vid)) => {
                 id::validate(vid).map_err(|_| Error::VolumeNotFound(id::truncate(vid)))?;
@@ -105,7 +107,7 @@ impl Pool {
                 }
                 source_guard = Some(self.lock_volume(vid)?);
                 let src = self.volume(vid)?;
-                (Some(self.volume_image_path(vid)), src.capacity_bytes, Some(src.fs_type))
+                (Some(self.volume_image_path(vid)), src.capacity_bytes, Some(src.fs_type), Some(src.block_size))
             }
         };
         let fs_type = match (req.fs_type, source_fs) {
@@ -161,6 +163,12 @@ impl Pool {
             formatted: false,
             attached_node: None,
             lifecycle: req.lifecycle,
+            direct_io: req.direct_io,
+            // A copy keeps the sector size its content was made with.
+            block_size: match source_block {
+                Some(inherited) => inherited,
+                None => Some(loopdev::preferred_block_size(&image)),
+            },
         };
         if let Err(e) = self.write_volume(&vol) {
             let _ = fs::remove_file(&image);
@@ -314,6 +322,7 @@ impl Pool {
             created_at: now(),
             group_id: group_id.map(str::to_string),
             ready: true,
+            block_size: vol.block_size,
         };
         self.write_snapshot(&snap)?;
         tracing::info!(snapshot = %sid, volume = %vol.id, "snapshot created");

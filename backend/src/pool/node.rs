@@ -103,12 +103,16 @@ impl Pool {
         }
 
         let image = self.volume_image_path(&id);
+        let direct_io;
         let device = match req.access_type {
             AccessType::Mount => {
                 let grew = if live.mount_points.iter().any(|p| p == staging) {
+                    direct_io = live.device.as_ref().is_some_and(loopdev::uses_direct_io);
                     false
                 } else {
-                    self.mount_staging(vol, &image, staging, &opts, req.read_only)?
+                    let (grew, dio) = self.mount_staging(vol, &image, staging, &opts, req.read_only)?;
+                    direct_io = dio;
+                    grew
                 };
                 vol.fs_grow_pending &= !grew;
                 live.device.map(|d| d.path).or(loopdev::find(&image)?.map(|d| d.path)).unwrap_or_default()
@@ -116,7 +120,9 @@ impl Pool {
             AccessType::Block => {
                 // No mount holds a block volume's device, so it must not
                 // autoclear; unstage detaches it explicitly.
-                let attached = loopdev::attach(&image, AttachOptions { autoclear: false, read_only: req.read_only })?;
+                let attached = loopdev::attach(&image, attach_options(vol, false, req.read_only))?;
+                report_buffered(vol, &attached);
+                direct_io = attached.direct_io;
                 attached.device.path
             }
         };
@@ -128,6 +134,7 @@ impl Pool {
             read_only: req.read_only,
             mount_options: opts.given.clone(),
             device,
+            direct_io,
         };
         vol.formatted |= req.access_type == AccessType::Mount;
         // The record itself changes only at the first stage (formatted) or
@@ -149,13 +156,21 @@ impl Pool {
 
     /// Attaches, formats or checks, mounts at `staging`, and grows the
     /// filesystem when pending. Undoes its own steps on failure. Returns
-    /// whether a pending growth was done.
-    fn mount_staging(&self, vol: &Volume, image: &Path, staging: &Path, opts: &MountOptions, ro: bool) -> Result<bool> {
+    /// whether a pending growth was done, and whether the device does direct I/O.
+    fn mount_staging(
+        &self,
+        vol: &Volume,
+        image: &Path,
+        staging: &Path,
+        opts: &MountOptions,
+        ro: bool,
+    ) -> Result<(bool, bool)> {
         let fs_type = vol.fs_type;
         prepare_dir(staging)?;
         // Autoclear: once our fd is closed, the mount is the only holder, and
         // unmounting frees the device; a crash cannot leak it.
-        let attached = loopdev::attach(image, AttachOptions { autoclear: true, read_only: ro })?;
+        let attached = loopdev::attach(image, attach_options(vol, true, ro))?;
+        report_buffered(vol, &attached);
         let dev = attached.device.path.clone();
         crate::failpoint::hit("stage.after-attach");
         let mut grew = false;
@@ -208,8 +223,9 @@ impl Pool {
             }
             grew = true;
         }
+        let direct_io = attached.direct_io;
         drop(attached);
-        Ok(grew)
+        Ok((grew, direct_io))
     }
 
     /// Best-effort undo of a stage whose record could not be written.
@@ -449,7 +465,7 @@ impl Pool {
     /// again, holding the loop device open so autoclear cannot free it.
     fn grow_by_remount(&self, vol: &Volume, st: &StageRecord) -> Result<()> {
         let image = self.volume_image_path(&vol.id);
-        let held = loopdev::attach(&image, AttachOptions { autoclear: true, read_only: false })?;
+        let held = loopdev::attach(&image, attach_options(vol, true, false))?;
         let opts = MountOptions::parse(&st.mount_options, Some(vol.fs_type))?;
         mount::unmount(&st.staging_path)?;
         crate::failpoint::hit("expand.unmounted");
@@ -463,9 +479,25 @@ impl Pool {
     pub fn attach_device(&self, id: &str) -> Result<PathBuf> {
         let _guard = self.lock_volume(id)?;
         let vol = self.volume(id)?;
-        let attached =
-            loopdev::attach(&self.volume_image_path(&vol.id), AttachOptions { autoclear: false, read_only: false })?;
+        let attached = loopdev::attach(&self.volume_image_path(&vol.id), attach_options(&vol, false, false))?;
         Ok(attached.device.path)
+    }
+}
+
+/// How a volume's device is attached: its direct-I/O choice and its block size.
+fn attach_options(vol: &Volume, autoclear: bool, read_only: bool) -> AttachOptions {
+    AttachOptions { autoclear, read_only, direct_io: vol.direct_io, block_size: vol.device_block_size() }
+}
+
+/// A volume that asked for direct I/O and got a buffered device (the pool's
+/// filesystem refuses O_DIRECT at its block size) still works; say so.
+fn report_buffered(vol: &Volume, attached: &loopdev::Attached) {
+    if vol.direct_io && !attached.direct_io && attached.created {
+        tracing::warn!(
+            volume = %vol.id,
+            device = %attached.device.path.display(),
+            "the pool's filesystem refuses direct I/O at this volume's block size; the device is buffered"
+        );
     }
 }
 

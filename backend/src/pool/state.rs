@@ -39,6 +39,9 @@ pub struct StageRecord {
     pub mount_options: Vec<String>,
     /// The loop device at staging time (informational; re-looked-up by backing file).
     pub device: PathBuf,
+    /// The device does direct I/O (false: the pool's filesystem refused it).
+    #[serde(default)]
+    pub direct_io: bool,
 }
 
 /// What was published at one target, as asked for.

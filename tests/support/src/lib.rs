@@ -121,6 +121,7 @@ pub fn create_volume(pool: &loopvol_backend::Pool, name: &str) -> String {
         source: None,
         parameters: Default::default(),
         lifecycle: Lifecycle::Persistent,
+        direct_io: true,
     };
     pool.create_volume(&req).expect("create a volume").id
 }
