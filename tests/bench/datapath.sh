@@ -23,7 +23,7 @@
 # default 1), SIZE (volume size, default 4Gi), FILE_SIZE (fio data file,
 # default 1g), OUT (result dir, default docs/bench), BUILD=0 (reuse
 # target/release), QUIET_WAIT (seconds to wait for the machine to calm down
-# before each variant, default 60; 0 disables), VARIANTS (space-separated
+# before each variant, default 30; 0 disables), VARIANTS (space-separated
 # subset of direct-thin direct-thick buffered-thin buffered-thick).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,7 +33,7 @@ RUNTIME=${RUNTIME:-6}
 RAMP=${RAMP:-1}
 SIZE=${SIZE:-4Gi}
 FILE_SIZE=${FILE_SIZE:-1g}
-QUIET_WAIT=${QUIET_WAIT:-60}
+QUIET_WAIT=${QUIET_WAIT:-30}
 OUT=${OUT:-docs/bench}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
