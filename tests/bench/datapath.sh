@@ -167,26 +167,31 @@ for _, gid, _ in groups:
         r = v.get("page_cache") if gid == "page_cache" else v["results"].get(gid)
         if r:
             ratios.append(r["ratio"])
-ymax = max([1.2] + ratios)
-ymax = (int(ymax * 4) + 1) / 4.0 if ymax <= 2.0 else (int(ymax * 2) + 1) / 2.0  # the next grid line above
-y = lambda r: TOP + PH - r / ymax * PH
+# A log2 axis: buffered devices reach several times the host, direct ones
+# sit around 1; bars grow up (faster than the host) or down from 1.0.
+import math
+lo = 2.0 ** math.floor(math.log2(min([0.5] + [r for r in ratios if r > 0])))
+hi = 2.0 ** math.ceil(math.log2(max([2.0] + ratios)))
+def y(r):
+    r = min(max(r, lo), hi)
+    return TOP + PH - (math.log2(r) - math.log2(lo)) / (math.log2(hi) - math.log2(lo)) * PH
 gw = (W - LEFT - 20) / len(groups)
 bw = min(28.0, (gw - 24) / max(1, len(VARS)))
 s = []
 H = TOP + PH + 90
 s.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="11">')
 s.append('<rect width="100%" height="100%" fill="white"/>')
-s.append('<text x="10" y="18" font-size="14" font-weight="bold">loopvol data path: inside a volume / on the pool\'s filesystem (same run, alternating); 1.0 = as fast as the host</text>')
+s.append('<text x="10" y="18" font-size="14" font-weight="bold">loopvol data path: volume / pool\'s filesystem, same run, alternating (log scale; 1 = as fast as the host)</text>')
 s.append(f'<text x="10" y="34" fill="#555">{esc(d["date"])}, fio {esc(d["fio_version"])}, libaio, {d["config"]["runtime_s"]} s per job, {esc(d["config"]["volume_size"])} ext4 volumes made through CSI; a shared, noisy 2-CPU machine.</text>')
 s.append('<text x="10" y="48" fill="#555">Red dashes: the targets of issue 11, drawn where they apply (loop device with dio 1). Page cache: lower is better (target ≤ 1.1); all others: higher is better.</text>')
-step = 0.25 if ymax <= 2.0 else 0.5
-k = 0.0
-while k <= ymax + 1e-9:
+k = lo
+while k <= hi + 1e-9:
     gy = y(k)
     colour = "#999" if abs(k - 1.0) < 1e-9 else "#ddd"
+    text = f"{k:g}×"
     s.append(f'<line x1="{LEFT}" y1="{gy:.1f}" x2="{W-20}" y2="{gy:.1f}" stroke="{colour}"/>'
-             f'<text x="{LEFT-6}" y="{gy+3:.1f}" text-anchor="end" fill="#777" font-size="9">{k:.2f}×</text>')
-    k += step
+             f'<text x="{LEFT-6}" y="{gy+3:.1f}" text-anchor="end" fill="#777" font-size="9">{text}</text>')
+    k *= 2
 for gi, (label, gid, _) in enumerate(groups):
     gx = LEFT + gi * gw + (gw - bw * len(VARS)) / 2
     for vi, v in enumerate(VARS):
@@ -195,9 +200,11 @@ for gi, (label, gid, _) in enumerate(groups):
             continue
         ratio = r["ratio"]
         bx = gx + vi * bw
-        top = y(min(ratio, ymax))
-        s.append(f'<rect x="{bx:.1f}" y="{top:.1f}" width="{bw-3:.1f}" height="{TOP+PH-top:.1f}" fill="{COLOURS.get(v["name"], "#888")}" stroke="#333" stroke-width="0.5"/>')
-        s.append(f'<text x="{bx+(bw-3)/2:.1f}" y="{top-3:.1f}" text-anchor="middle" font-size="9" fill="#333">{ratio:.2f}</text>')
+        end, base = y(ratio), y(1.0)
+        top, bottom = min(end, base), max(end, base)
+        s.append(f'<rect x="{bx:.1f}" y="{top:.1f}" width="{bw-3:.1f}" height="{max(bottom-top, 1.0):.1f}" fill="{COLOURS.get(v["name"], "#888")}" stroke="#333" stroke-width="0.5"/>')
+        ly = end - 3 if ratio >= 1.0 else end + 10
+        s.append(f'<text x="{bx+(bw-3)/2:.1f}" y="{ly:.1f}" text-anchor="middle" font-size="9" fill="#333">{ratio:.2f}</text>')
         t = 1.1 if gid == "page_cache" and v["dio"] == 1 else (target_of(gid, v) if gid != "page_cache" else None)
         if t is not None:
             ty = y(t)
