@@ -283,6 +283,10 @@ bench() {
 
 cleanup() {
   set +e
+  # Finish cleaning up even when the terminal's Ctrl-C also killed the
+  # reader of our output (`datapath.sh | tee log`: writes then fail with
+  # EPIPE instead of killing the script), or Ctrl-C is pressed again.
+  trap '' INT TERM PIPE
   local name
   for name in "${LIVE[@]}"; do
     echo "removing volume $name" >&2
