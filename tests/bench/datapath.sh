@@ -294,7 +294,7 @@ cleanup() {
   done
   stop_driver
   # Safety net: anything a crash left behind.
-  grep -o " $TMP[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
+  grep -o " ${TMP}[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
   for f in /sys/block/loop*/loop/backing_file; do
     [ -e "$f" ] || continue
     case "$(cat "$f" 2>/dev/null)" in "$POOL"/*)
