@@ -26,6 +26,8 @@ Exit status 1 when anything failed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import json
 import os
@@ -68,12 +70,14 @@ PINNED_IMAGES = {
     "registry.k8s.io/sig-storage/csi-snapshotter": "v8.6.0",
     "registry.k8s.io/sig-storage/csi-resizer": "v2.2.1",
     "registry.k8s.io/sig-storage/snapshot-controller": "v8.6.0",
+    "registry.k8s.io/sig-storage/csi-snapshot-metadata": "v1.0.0",
     "registry.k8s.io/pause": "3.10",
 }
 
 CLUSTER_SCOPED = {
     "Namespace", "ClusterRole", "ClusterRoleBinding", "CSIDriver", "StorageClass",
     "VolumeSnapshotClass", "VolumeGroupSnapshotClass", "PersistentVolume", "PriorityClass",
+    "CustomResourceDefinition", "SnapshotMetadataService",
 }
 # Kinds the bundled schemas lack (CRDs): checked by assertions instead.
 CRD_KINDS = {
@@ -83,6 +87,7 @@ CRD_KINDS = {
     ("groupsnapshot.storage.k8s.io/v1beta2", "VolumeGroupSnapshotClass"),
     ("groupsnapshot.storage.k8s.io/v1", "VolumeGroupSnapshot"),
     ("groupsnapshot.storage.k8s.io/v1beta2", "VolumeGroupSnapshot"),
+    ("cbt.storage.k8s.io/v1beta1", "SnapshotMetadataService"),
 }
 SC_PARAMS = {"fsType", "csi.storage.k8s.io/fstype", "thick"}
 FS_TYPES = {"ext4", "xfs", "btrfs"}
@@ -104,6 +109,7 @@ class Target:
     kubelet_root: str = DEFAULT_KUBELET
     flex_dir: str = DEFAULT_FLEX_DIR
     snapshot_controller: bool = False
+    snapshot_metadata: bool = False
     extra_kinds: set = field(default_factory=set)
 
 
@@ -116,6 +122,8 @@ COMPONENTS = {
     "flexvolume-dir-rke": dict(flex_dir="/var/lib/kubelet/volumeplugins"),
     "gke": dict(flex_dir="/home/kubernetes/flexvolume", extra_kinds={"ResourceQuota"}),
     "snapshot-controller": dict(snapshot_controller=True),
+    "snapshot-metadata": dict(snapshot_metadata=True,
+                              extra_kinds={"CustomResourceDefinition", "SnapshotMetadataService", "Service"}),
 }
 
 
@@ -246,6 +254,16 @@ def crd_errors(obj: dict) -> list[str]:
     errs = []
     if not md.get("name"):
         errs.append("metadata.name missing")
+    if kind == "SnapshotMetadataService":
+        errs += [f"unknown field {k}" for k in obj if k not in {"apiVersion", "kind", "metadata", "spec"}]
+        spec = obj.get("spec") or {}
+        errs += [f"unknown spec field {k}" for k in spec if k not in ("address", "audience", "caCert")]
+        errs += [f"spec.{k} is required" for k in ("address", "audience", "caCert") if not isinstance(spec.get(k), str)]
+        try:
+            base64.b64decode(spec.get("caCert") or "", validate=True)
+        except (binascii.Error, ValueError):
+            errs.append("spec.caCert must be base64 (format: byte)")
+        return errs
     if kind in ("VolumeSnapshotClass", "VolumeGroupSnapshotClass"):
         allowed = {"apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"}
         errs += [f"unknown field {k}" for k in obj if k not in allowed]
@@ -370,6 +388,11 @@ def check_render(t: Target, objs: list[dict]) -> list[tuple[str, list[str]]]:
         add("flexvolume installer", flex_errors(objs, t))
     else:
         add("no flexvolume objects", [f"unexpected {ident(o)}" for o in objs if "flexvolume" in o["metadata"]["name"]])
+    if t.snapshot_metadata:
+        add("snapshot-metadata", snapshot_metadata_errors(objs))
+    else:
+        add("no snapshot-metadata", [f"unexpected {ident(o)}" for o in objs if "snapshot-metadata" in o["metadata"]["name"]
+                                     or o["kind"] == "SnapshotMetadataService"])
     if t.snapshot_controller:
         expected_kinds.add("Deployment")
         add("snapshot-controller", snapshot_controller_errors(objs))
@@ -524,6 +547,8 @@ def node_errors(found: list[dict], t: Target) -> Iterable[str]:
         yield "node plugin: must not be restricted to some nodes"
     names = [c["name"] for c in spec.get("containers") or []]
     want = ["loopvol", "node-driver-registrar", "liveness-probe", "csi-provisioner", "csi-snapshotter"]
+    if t.snapshot_metadata:
+        want.append("csi-snapshot-metadata")
     if names != want:
         yield f"node plugin: containers are {names}, want {want} (the components patch by index)"
         return
@@ -562,6 +587,12 @@ def node_errors(found: list[dict], t: Target) -> Iterable[str]:
         yield "driver: --log-format=json (one JSON object a line for log collectors)"
     if flag(drv, "driver-name") not in (None, DRIVER):
         yield f"driver: --driver-name must be {DRIVER}"
+    # The external-snapshot-metadata sidecar waits for the capability; without
+    # the sidecar nobody needs it (and csi-sanity v5.3.1 rejects it).
+    advertised = flag(drv, "advertise-snapshot-metadata") == "true"
+    if advertised != t.snapshot_metadata:
+        yield (f"driver: --advertise-snapshot-metadata is {flag(drv, 'advertise-snapshot-metadata')!r}, "
+               f"want {'true' if t.snapshot_metadata else 'unset'} (it goes with the csi-snapshot-metadata sidecar)")
 
     reg = spec["containers"][1]
     if flag(reg, "csi-address") != "/csi/csi.sock":
@@ -763,6 +794,70 @@ def snapshot_controller_errors(objs: list[dict]) -> Iterable[str]:
         yield "snapshot-controller: --enable-distributed-snapshotting=true is required by the per-node snapshotters"
     if flag(c, "leader-election") != "true" and found[0]["spec"].get("replicas", 1) > 1:
         yield "snapshot-controller: several replicas need leader election"
+
+
+def snapshot_metadata_errors(objs: list[dict]) -> Iterable[str]:
+    """components/snapshot-metadata: the sidecar, and everything it and its clients need."""
+    ds = find(objs, "DaemonSet", "loopvol-node")
+    if len(ds) != 1:
+        yield "snapshot-metadata needs the CSI node plugin"
+        return
+    spec = ds[0]["spec"]["template"]["spec"]
+    side = container(spec, "csi-snapshot-metadata")
+    if not side:
+        yield "node plugin: no csi-snapshot-metadata container"
+        return
+    for name in ("tls-cert", "tls-key"):
+        path = flag(side, name) or ""
+        if not any(path.startswith(m["mountPath"] + "/") for m in side.get("volumeMounts") or []
+                   if "secret" in volume(spec, m["name"])):
+            yield f"sidecar: --{name} {path!r} is not in a mounted Secret"
+    secret = next((volume(spec, m["name"])["secret"] for m in side.get("volumeMounts") or []
+                   if "secret" in volume(spec, m["name"])), {})
+    if secret and not secret.get("optional"):
+        yield "sidecar: the TLS Secret volume must be optional (a missing Secret must not keep the node plugin down)"
+    port = flag(side, "port") or "50051"
+    ports = {p.get("name"): str(p.get("containerPort")) for p in side.get("ports") or []}
+    svc = find(objs, "Service", "loopvol-snapshot-metadata")
+    if len(svc) != 1:
+        yield "Service loopvol-snapshot-metadata missing"
+    else:
+        sspec = svc[0]["spec"]
+        tpl = ds[0]["spec"]["template"]["metadata"].get("labels") or {}
+        if not sspec.get("selector") or any(tpl.get(k) != v for k, v in sspec["selector"].items()):
+            yield "Service loopvol-snapshot-metadata does not select the node plugin pods"
+        if sspec.get("internalTrafficPolicy") != "Local":
+            yield "Service loopvol-snapshot-metadata: internalTrafficPolicy must be Local (a snapshot is on one node)"
+        for p in sspec.get("ports") or []:
+            target = str(p.get("targetPort"))
+            if ports.get(target, target) != port:
+                yield f"Service port {p.get('port')} targets {target!r}, the sidecar listens on {port}"
+        sms = find(objs, "SnapshotMetadataService")
+        if [o["metadata"]["name"] for o in sms] != [DRIVER]:
+            yield f"want one SnapshotMetadataService named {DRIVER}"
+        else:
+            svc_ports = {str(p.get("port")) for p in sspec.get("ports") or []}
+            host, _, sport = (sms[0].get("spec") or {}).get("address", "").rpartition(":")
+            if host.split(".")[:2] != ["loopvol-snapshot-metadata", NAMESPACE] or sport not in svc_ports:
+                yield f"SnapshotMetadataService address {host}:{sport} is not the Service's"
+    crds = [o for o in find(objs, "CustomResourceDefinition") if o["spec"].get("group") == "cbt.storage.k8s.io"]
+    if len(crds) != 1 or not any(v.get("name") == "v1beta1" and v.get("served") for v in crds[0]["spec"]["versions"]):
+        yield "the SnapshotMetadataService CRD (cbt.storage.k8s.io, v1beta1 served) is missing"
+    # RBAC of the pod's account: token and access reviews, snapshots, its CR.
+    sa = spec.get("serviceAccountName")
+    rules = []
+    for b in find(objs, "ClusterRoleBinding"):
+        if any(s.get("name") == sa and s.get("namespace") == NAMESPACE for s in b.get("subjects") or []):
+            for r in find(objs, "ClusterRole", b["roleRef"]["name"]):
+                rules += r.get("rules") or []
+    for group, resource, verb in (("authentication.k8s.io", "tokenreviews", "create"),
+                                  ("authorization.k8s.io", "subjectaccessreviews", "create"),
+                                  ("snapshot.storage.k8s.io", "volumesnapshots", "get"),
+                                  ("snapshot.storage.k8s.io", "volumesnapshotcontents", "get"),
+                                  ("cbt.storage.k8s.io", "snapshotmetadataservices", "get")):
+        if not any(group in r.get("apiGroups", []) and resource in r.get("resources", []) and verb in r.get("verbs", [])
+                   for r in rules):
+            yield f"sidecar's ServiceAccount {sa} may not {verb} {group}/{resource}"
 
 
 # --------------------------------------------------------------------------
@@ -1053,6 +1148,34 @@ def self_test(res: Results, default: Target, objs: list[dict]) -> None:
     shutil.rmtree(tree, ignore_errors=True)
 
 
+# Breaks of components/snapshot-metadata that its checks must catch.
+SNAPSHOT_METADATA_BREAKS: list[tuple[str, Callable[[list[dict]], None]]] = [
+    ("driver without --advertise-snapshot-metadata",
+     lambda o: _drop_arg(_ds(o)["containers"][0], "--advertise-snapshot-metadata")),
+    ("Service without internalTrafficPolicy Local",
+     lambda o: find(o, "Service", "loopvol-snapshot-metadata")[0]["spec"].pop("internalTrafficPolicy")),
+    ("Service to the wrong port",
+     lambda o: find(o, "Service", "loopvol-snapshot-metadata")[0]["spec"]["ports"][0].update(targetPort=8080)),
+    ("required TLS Secret", lambda o: _ds(o)["volumes"][-1]["secret"].update(optional=False)),
+    ("no tokenreviews", lambda o: find(o, "ClusterRole", "loopvol-snapshot-metadata")[0]["rules"].pop(1)),
+    ("CR for another driver", lambda o: find(o, "SnapshotMetadataService")[0]["metadata"].update(name="other.csi.io")),
+    ("unpinned sidecar", lambda o: _ds(o)["containers"][5].update(
+        image="registry.k8s.io/sig-storage/csi-snapshot-metadata:latest")),
+]
+
+
+def component_self_test(res: Results, t: Target, objs: list[dict]) -> None:
+    for name, brk in SNAPSHOT_METADATA_BREAKS:
+        broken = copy.deepcopy(objs)
+        try:
+            brk(broken)
+        except (KeyError, IndexError, TypeError) as e:
+            res.check(f"self-test snapshot-metadata: {name}", [f"could not apply the break ({e!r})"])
+            continue
+        caught = all_errors(t, broken)
+        res.check(f"self-test snapshot-metadata: {name}", [] if caught else ["the break went unnoticed"])
+
+
 # --------------------------------------------------------------------------
 
 
@@ -1061,6 +1184,7 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     default_objs: list[dict] = []
     default_target = None
+    snapshot_metadata = None
     for t in targets():
         objs, err = render(t.path)
         if not res.check(f"render {t.name}", [err] if err else ([] if objs else ["rendered nothing"])):
@@ -1068,6 +1192,8 @@ def main() -> int:
         print(f"rendered {t.name}: {len(objs)} objects")
         if t.path == KUSTOMIZE_ROOT:
             default_objs, default_target = objs, t
+        if t.snapshot_metadata:
+            snapshot_metadata = (t, objs)
         for o in objs:
             res.check(f"{t.name} {ident(o)} schema", schema_errors(o))
         for label, errs in check_render(t, objs):
@@ -1077,6 +1203,10 @@ def main() -> int:
         self_test(res, default_target, default_objs)
     else:
         res.check("default render", ["the default kustomization did not render; examples and self-test skipped"])
+    if snapshot_metadata:
+        component_self_test(res, *snapshot_metadata)
+    else:
+        res.check("components/snapshot-metadata", ["did not render; its self-test skipped"])
     res.check("deploy/Containerfile", containerfile_errors())
     shutil.rmtree(WORK / "compose", ignore_errors=True)
     print(f"manifests: {res.passed} passed, {res.failed} failed")

@@ -98,4 +98,14 @@ impl Error {
     pub(crate) fn sys(op: &'static str, path: impl Into<PathBuf>, errno: Errno) -> Self {
         Error::Sys { op, path: path.into(), errno }
     }
+
+    /// The kernel ran out of space (or quota) for the step.
+    pub(crate) fn is_no_space(&self) -> bool {
+        let errno = match self {
+            Error::Sys { errno, .. } => Some(*errno),
+            Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
+            _ => None,
+        };
+        matches!(errno, Some(Errno::ENOSPC | Errno::EDQUOT))
+    }
 }

@@ -11,6 +11,10 @@ use crate::kernel::{loopdev, mountinfo};
 pub mod mountinfo_parser {
     pub use crate::kernel::mountinfo::{parse, MountEntry};
 }
+/// Image deltas with their statistics, for the snapshot delta benchmark.
+pub mod extents {
+    pub use crate::kernel::extents::{delta, DeltaStats};
+}
 /// The mount option allow-list (pure), for fuzzing.
 pub use crate::kernel::mount_options::MountOptions;
 

@@ -73,7 +73,7 @@ fn volumes_attach_with_direct_io_unless_asked_not_to() {
     assert!(!staged.direct_io);
 
     // Data written and fsync'd in direct mode is in the image after unstage.
-    let data: Vec<u8> = (0..4 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+    let data: Vec<u8> = (0..4 * MIB).map(|i| (i * 7 % 251).to_le_bytes()[0]).collect();
     let file = sandbox.path().join("direct/data");
     let mut f = fs::File::create(&file).unwrap();
     f.write_all(&data).unwrap();

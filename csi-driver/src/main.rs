@@ -1,6 +1,7 @@
-//! loopvol-csi: the CSI driver. Serves Identity, Controller, Node and
-//! GroupController on one unix socket over the loopvol backend, optionally
-//! Prometheus metrics over HTTP; its subcommands are the admin CLI.
+//! loopvol-csi: the CSI driver. Serves Identity, Controller, Node,
+//! GroupController and SnapshotMetadata on one unix socket over the loopvol
+//! backend, optionally Prometheus metrics over HTTP; its subcommands are the
+//! admin CLI.
 
 #![forbid(unsafe_code)]
 
@@ -14,7 +15,9 @@ mod identity;
 mod metrics;
 mod node;
 mod pagination;
+mod snapshot_metadata;
 mod status;
+mod trim_schedule;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -28,6 +31,7 @@ use loopvol_proto::v1::controller_server::ControllerServer;
 use loopvol_proto::v1::group_controller_server::GroupControllerServer;
 use loopvol_proto::v1::identity_server::IdentityServer;
 use loopvol_proto::v1::node_server::NodeServer;
+use loopvol_proto::v1::snapshot_metadata_server::SnapshotMetadataServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
@@ -91,12 +95,33 @@ struct ServeArgs {
     /// no sidecar calls GetSnapshot yet. The RPC works either way.
     #[arg(long, env = "LOOPVOL_ADVERTISE_GET_SNAPSHOT", default_value_t = false, action = clap::ArgAction::Set)]
     advertise_get_snapshot: bool,
+    /// List SNAPSHOT_METADATA_SERVICE (alpha) in GetPluginCapabilities, so
+    /// that the CO (external-snapshot-metadata) uses changed-block tracking.
+    /// Off by default: csi-sanity v5.3.1 fails its Identity test on that
+    /// capability (v5.4.0 accepts it). The service is served either way.
+    #[arg(long, env = "LOOPVOL_ADVERTISE_SNAPSHOT_METADATA", default_value_t = false, action = clap::ArgAction::Set)]
+    advertise_snapshot_metadata: bool,
     /// For the single external-resizer Deployment (it has no per-node mode):
     /// ControllerExpandVolume of a volume not in this driver's pool answers
     /// with node_expansion_required, and NodeExpandVolume on the node that
     /// holds the volume grows its image, loop device and filesystem.
     #[arg(long, env = "LOOPVOL_DEFER_EXPANSION_TO_NODE")]
     defer_expansion_to_node: bool,
+    /// Let the pool promise up to this many times its size (thin volumes
+    /// overcommitted). 1, the default, reserves every volume's whole size.
+    /// An overcommitted pool that runs low on real space (--low-space-percent)
+    /// marks its volumes' condition abnormal before writes in them fail.
+    #[arg(long, env = "LOOPVOL_OVERPROVISION_RATIO", default_value_t = 1.0, value_parser = ratio)]
+    overprovision_ratio: f64,
+    /// With --overprovision-ratio above 1: real free space (percent of the
+    /// pool's size) below which volumes are reported abnormal.
+    #[arg(long, env = "LOOPVOL_LOW_SPACE_PERCENT", default_value_t = 5.0, value_parser = percent)]
+    low_space_percent: f64,
+    /// Trim every staged filesystem once per interval (spread over it, one
+    /// volume at a time), giving the space of deleted files back to the
+    /// pool: `24h`, `30m`, `90s`, `7d`; `0` turns it off.
+    #[arg(long, env = "LOOPVOL_TRIM_INTERVAL", default_value = "24h", value_parser = trim_schedule::parse_interval)]
+    trim_interval: trim_schedule::Interval,
     /// Serve Prometheus metrics over plain HTTP at http://ADDRESS/metrics
     /// (e.g. 127.0.0.1:9808 or [::]:9808). Unset or empty: no metrics server.
     #[arg(long, env = "LOOPVOL_METRICS_ADDRESS", value_name = "ADDRESS")]
@@ -115,6 +140,22 @@ struct Serve {
 /// How long SIGTERM waits for in-flight calls (Kubernetes' default grace
 /// period is 30 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// `--overprovision-ratio`: a finite number, at least 1.
+fn ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 1.0 => Ok(r),
+        _ => Err(format!("{text:?}: want a number of at least 1 (1 = no overcommit)")),
+    }
+}
+
+/// `--low-space-percent`: 0 to 100.
+fn percent(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?}: want a percentage from 0 to 100")),
+    }
+}
 
 fn socket_path(endpoint: &str) -> anyhow::Result<PathBuf> {
     let path = match endpoint.split_once("://") {
@@ -247,8 +288,13 @@ async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
     let Serve { args, node_id, pool: pool_path, driver_name, metrics_address } = serve;
     let socket = socket_path(&args.endpoint)?;
     let pool_dir = pool_path.clone();
+    let options = PoolOptions {
+        overprovision_ratio: args.overprovision_ratio,
+        low_space_percent: args.low_space_percent,
+        ..PoolOptions::default()
+    };
     let pool = tokio::task::spawn_blocking(move || {
-        let pool = Pool::open(&pool_dir, PoolOptions::default())?;
+        let pool = Pool::open(&pool_dir, options)?;
         // Trust the kernel over the records after a crash or reboot.
         if let Err(e) = pool.reconcile_all() {
             tracing::warn!(error = %e, "start-up reconcile failed; volumes reconcile when next touched");
@@ -261,6 +307,9 @@ async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
     driver.advertise_get_snapshot = args.advertise_get_snapshot;
     driver.defer_expansion_to_node = args.defer_expansion_to_node;
     let driver = std::sync::Arc::new(driver);
+    if let trim_schedule::Interval(Some(interval)) = args.trim_interval {
+        tokio::spawn(trim_schedule::run(driver.clone(), interval));
+    }
     // Metrics first: once the CSI socket exists, everything is up.
     let metrics = match metrics_address {
         None => None,
@@ -287,10 +336,14 @@ async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
         .layer(metrics::RpcLayer::new(metrics))
-        .add_service(IdentityServer::new(identity::IdentityService(driver.clone())))
+        .add_service(IdentityServer::new(identity::IdentityService {
+            driver: driver.clone(),
+            advertise_snapshot_metadata: args.advertise_snapshot_metadata,
+        }))
         .add_service(ControllerServer::new(controller::ControllerService(driver.clone())))
         .add_service(NodeServer::new(node::NodeService(driver.clone())))
-        .add_service(GroupControllerServer::new(group_controller::GroupControllerService(driver)))
+        .add_service(GroupControllerServer::new(group_controller::GroupControllerService(driver.clone())))
+        .add_service(SnapshotMetadataServer::new(snapshot_metadata::SnapshotMetadataService(driver)))
         // Every connection goes through the :authority relay (authority.rs),
         // so that gRPC C-core and grpc-java clients are served too.
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener).map(|c| c.map(authority::relay)), async {

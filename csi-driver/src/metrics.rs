@@ -106,6 +106,15 @@ pub struct Metrics {
     pool_volumes: Gauge,
     pool_snapshots: Gauge,
     pool_loop_devices: Gauge,
+    pool_allocated: Gauge,
+    pool_reserved: Gauge,
+    pool_buffered: Gauge,
+    volume_allocated: Family<VolumeLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VolumeLabels {
+    volume: String,
 }
 
 fn histogram() -> Histogram {
@@ -144,6 +153,27 @@ impl Metrics {
         let pool_snapshots = gauge(&mut registry, "loopvol_pool_snapshots", "Snapshots in the pool");
         let pool_loop_devices =
             gauge(&mut registry, "loopvol_pool_loop_devices", "Loop devices backed by images of the pool");
+        let pool_allocated = gauge(
+            &mut registry,
+            "loopvol_pool_allocated_bytes",
+            "Bytes of the pool's filesystem the volumes' images really use",
+        );
+        let pool_reserved = gauge(
+            &mut registry,
+            "loopvol_pool_reserved_bytes",
+            "Bytes promised to volumes and not yet allocated (what thin images may still grow into)",
+        );
+        let pool_buffered = gauge(
+            &mut registry,
+            "loopvol_pool_buffered_volumes",
+            "Staged volumes that asked for direct I/O and got a buffered loop device (the pool's filesystem refused O_DIRECT)",
+        );
+        let volume_allocated = Family::<VolumeLabels, Gauge>::default();
+        registry.register(
+            "loopvol_volume_allocated_bytes",
+            "Bytes of the pool's filesystem a volume's image really uses",
+            volume_allocated.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -154,6 +184,10 @@ impl Metrics {
             pool_volumes,
             pool_snapshots,
             pool_loop_devices,
+            pool_allocated,
+            pool_reserved,
+            pool_buffered,
+            volume_allocated,
         }
     }
 
@@ -173,6 +207,14 @@ impl Metrics {
                 self.pool_volumes.set(gauge_value(stats.volumes));
                 self.pool_snapshots.set(gauge_value(stats.snapshots));
                 self.pool_loop_devices.set(gauge_value(stats.loop_devices));
+                self.pool_allocated.set(gauge_value(stats.allocated));
+                self.pool_reserved.set(gauge_value(stats.reserved));
+                self.pool_buffered.set(gauge_value(stats.buffered));
+                // Deleted volumes leave the family.
+                self.volume_allocated.clear();
+                for (volume, bytes) in stats.per_volume {
+                    self.volume_allocated.get_or_create(&VolumeLabels { volume }).set(gauge_value(bytes));
+                }
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "metrics: cannot read the pool");
@@ -201,25 +243,43 @@ fn gauge_value(v: impl TryInto<i64>) -> i64 {
 }
 
 /// The pool as the gauges report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolStats {
     pub capacity: u64,
     pub available: u64,
+    pub allocated: u64,
+    pub reserved: u64,
     pub volumes: usize,
     pub snapshots: usize,
     pub loop_devices: usize,
+    /// Staged volumes that asked for direct I/O and got a buffered device.
+    pub buffered: usize,
+    /// Allocated bytes of each volume's image.
+    pub per_volume: Vec<(String, u64)>,
 }
 
 impl PoolStats {
     pub fn read(pool: &Pool) -> loopvol_backend::Result<PoolStats> {
         let capacity = pool.capacity()?;
         let loop_devices = pool.attached_devices()?.len();
+        let volumes = pool.volumes()?;
+        let mut buffered = 0;
+        let mut per_volume = Vec::with_capacity(volumes.len());
+        for vol in &volumes {
+            let state = pool.node_state(&vol.id).unwrap_or_default();
+            buffered += usize::from(vol.direct_io && state.staged.is_some_and(|st| !st.direct_io));
+            per_volume.push((vol.id.clone(), pool.allocated_bytes(&vol.id).unwrap_or(0)));
+        }
         Ok(PoolStats {
             capacity: capacity.total_bytes,
             available: capacity.available_bytes,
-            volumes: pool.volumes()?.len(),
+            allocated: capacity.allocated_bytes,
+            reserved: capacity.reserved_bytes,
+            volumes: volumes.len(),
             snapshots: pool.snapshots()?.len(),
             loop_devices,
+            buffered,
+            per_volume,
         })
     }
 }

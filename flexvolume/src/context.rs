@@ -25,8 +25,12 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn open(config: Config) -> FlexResult<Ctx> {
-        let options =
-            PoolOptions { lock_wait: LOCK_WAIT, default_size: config.default_size, default_fs: config.default_fs_type };
+        let options = PoolOptions {
+            lock_wait: LOCK_WAIT,
+            default_size: config.default_size,
+            default_fs: config.default_fs_type,
+            ..PoolOptions::default()
+        };
         let pool = Pool::open(&config.pool, options)?;
         Ok(Ctx { config, pool })
     }

@@ -5,6 +5,7 @@
 //! about volumes, records' meaning or locking policy; that is `pool`'s job.
 
 pub(crate) mod copy;
+pub(crate) mod extents;
 pub(crate) mod fstools;
 pub(crate) mod lock;
 pub(crate) mod loopdev;

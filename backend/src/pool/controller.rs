@@ -552,14 +552,10 @@ fn choose_size(range: CapacityRange, default: u64, source: u64, fs: FsType, acce
 /// pool being exhausted (RESOURCE_EXHAUSTED), not an internal error: the
 /// accounting cannot see other users of the pool's filesystem.
 fn no_space_is_exhausted(e: Error, requested: u64) -> Error {
-    let errno = match &e {
-        Error::Sys { errno, .. } => Some(*errno),
-        Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
-        _ => None,
-    };
-    match errno {
-        Some(Errno::ENOSPC | Errno::EDQUOT) => Error::Exhausted { requested, available: 0 },
-        _ => e,
+    if e.is_no_space() {
+        Error::Exhausted { requested, available: 0 }
+    } else {
+        e
     }
 }
 

@@ -128,7 +128,7 @@ impl Pool {
         state.published.retain(|target, _| live.mount_points.contains(target));
         changed |= state.published.len() != before;
         if changed {
-            self.write_node_state(&vol.id, state)?;
+            self.write_shrunk_node_state(&vol.id, state)?;
         }
         Ok(live)
     }
@@ -161,18 +161,25 @@ impl Pool {
     pub fn condition(&self, id: &str) -> Result<Condition> {
         let (vol, state) = self.load(id)?;
         let live = self.live(&vol, &state, &KernelView::read()?);
-        Ok(self.condition_of(&vol, &state, &live))
+        Ok(self.pool_condition()?.unwrap_or_else(|| self.condition_of(&vol, &state, &live)))
     }
 
     /// Health of many volumes from one reading of the kernel (ListVolumes).
     pub fn conditions(&self, vols: &[Volume]) -> Result<Vec<Condition>> {
         let view = KernelView::read()?;
+        let pool = self.pool_condition()?;
         vols.iter()
             .map(|vol| {
                 let state = self.node_state(&vol.id).unwrap_or_default();
-                Ok(self.condition_of(vol, &state, &self.live(vol, &state, &view)))
+                Ok(pool.clone().unwrap_or_else(|| self.condition_of(vol, &state, &self.live(vol, &state, &view))))
             })
             .collect()
+    }
+
+    /// Abnormal for every volume when an overcommitted pool runs low on real
+    /// space (see `Capacity::low_space`).
+    pub(crate) fn pool_condition(&self) -> Result<Option<Condition>> {
+        Ok(self.capacity()?.low_space(&self.options).map(Condition::abnormal))
     }
 
     pub(crate) fn condition_of(&self, vol: &Volume, state: &NodeState, live: &Live) -> Condition {

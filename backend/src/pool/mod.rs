@@ -10,6 +10,7 @@
 //! - `node`: stage, publish, unpublish, unstage, stats, node expansion;
 //! - `lifecycle`: whole lifecycles under one lock (FlexVolume mounts, CSI
 //!   ephemeral volumes);
+//! - `trim`: giving the space of deleted files back to the pool;
 //! - `doctor`: finding and repairing what is out of line.
 //!
 //! Layout on disk:
@@ -32,7 +33,9 @@ mod doctor;
 mod lifecycle;
 mod live;
 mod node;
+mod snapshot_metadata;
 mod state;
+mod trim;
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -46,7 +49,9 @@ pub use controller::{CapacityRange, CreateVolume, ExpandOutcome};
 pub use doctor::{Finding, FindingKind};
 pub use lifecycle::PrivateMount;
 pub use node::{clean_path, PublishRequest, StageRequest, VolumeStats};
+pub use snapshot_metadata::SnapshotRanges;
 pub use state::{NodeState, PublishRecord, StageRecord};
+pub use trim::TrimOutcome;
 
 use crate::error::{Error, Result};
 use crate::filesystem::FsType;
@@ -63,22 +68,67 @@ pub struct PoolOptions {
     pub default_size: u64,
     /// Filesystem of a mount volume created without an fs type.
     pub default_fs: FsType,
+    /// How many times its size the pool may promise. 1 (the default): every
+    /// volume reserves its whole capacity, and thin images are never
+    /// overcommitted. Above 1, volumes are promised up to this many times
+    /// the pool's size, and running out of real space is a risk that
+    /// `low_space_percent` warns about.
+    pub overprovision_ratio: f64,
+    /// An overcommitted pool with less real free space than this (percent of
+    /// its size) marks its volumes' condition abnormal, before any
+    /// filesystem in them sees ENOSPC.
+    pub low_space_percent: f64,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        PoolOptions { lock_wait: Duration::from_secs(30), default_size: 1 << 30, default_fs: FsType::Ext4 }
+        PoolOptions {
+            lock_wait: Duration::from_secs(30),
+            default_size: 1 << 30,
+            default_fs: FsType::Ext4,
+            overprovision_ratio: 1.0,
+            low_space_percent: 5.0,
+        }
     }
 }
 
-/// Space in the pool. Volumes reserve their whole capacity (thin images are
-/// not overcommitted: a full pool would turn into I/O errors inside pods).
+/// Space in the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
+    /// Size of the pool's filesystem.
     pub total_bytes: u64,
+    /// Free bytes of the pool's filesystem (what writes can still use).
+    pub free_bytes: u64,
+    /// What new volumes may still be promised.
     pub available_bytes: u64,
     /// Largest volume that can still be created.
     pub max_volume_bytes: u64,
+    /// Σ volume capacities (what is promised).
+    pub provisioned_bytes: u64,
+    /// Σ bytes the volumes' images really use.
+    pub allocated_bytes: u64,
+    /// Promised but not yet allocated: Σ (capacity − allocated).
+    pub reserved_bytes: u64,
+}
+
+impl Capacity {
+    /// The pool promises more than it has and its real free space is below
+    /// `low_space_percent` of its size: the message says why.
+    pub fn low_space(&self, options: &PoolOptions) -> Option<String> {
+        if options.overprovision_ratio <= 1.0 || self.total_bytes == 0 {
+            return None;
+        }
+        // Display and a threshold: f64 precision is plenty.
+        #[allow(clippy::cast_precision_loss)]
+        let free_percent = self.free_bytes as f64 * 100.0 / self.total_bytes as f64;
+        (free_percent < options.low_space_percent).then(|| {
+            format!(
+                "the pool is overcommitted ({} bytes promised on {} bytes) and has only {free_percent:.1}% ({} bytes) \
+                 of real space left: writes in its volumes will fail with ENOSPC when it runs out",
+                self.provisioned_bytes, self.total_bytes, self.free_bytes
+            )
+        })
+    }
 }
 
 /// An open pool. Cheap to share between threads (`&Pool` methods); every
@@ -186,7 +236,7 @@ impl Pool {
         // is its length minus what is already allocated: a stat per image,
         // no record to parse (create runs this under the allocation lock).
         let dir = self.root.join("volumes");
-        let mut reserved = 0u64;
+        let (mut provisioned, mut allocated, mut reserved) = (0u64, 0u64, 0u64);
         for entry in fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
@@ -194,14 +244,28 @@ impl Pool {
                 continue;
             }
             if let Ok(m) = entry.metadata() {
-                reserved = reserved.saturating_add(m.len().saturating_sub(m.blocks() * 512));
+                let used = m.blocks() * 512;
+                provisioned = provisioned.saturating_add(m.len());
+                allocated = allocated.saturating_add(used);
+                reserved = reserved.saturating_add(m.len().saturating_sub(used));
             }
         }
-        let available = free.saturating_sub(reserved);
+        let available = if self.options.overprovision_ratio > 1.0 {
+            // Promise up to R times the pool's size (a ratio; f64 is plenty).
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let promisable = (total as f64 * self.options.overprovision_ratio) as u64;
+            promisable.saturating_sub(provisioned)
+        } else {
+            free.saturating_sub(reserved)
+        };
         Ok(Capacity {
             total_bytes: total,
+            free_bytes: free,
             available_bytes: available,
             max_volume_bytes: available / SIZE_ALIGN * SIZE_ALIGN,
+            provisioned_bytes: provisioned,
+            allocated_bytes: allocated,
+            reserved_bytes: reserved,
         })
     }
 

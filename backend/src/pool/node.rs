@@ -81,6 +81,12 @@ impl Pool {
             AccessType::Mount => MountOptions::parse(&req.mount_options, Some(fs_type))?,
             AccessType::Block => MountOptions::default(),
         };
+        if vol.thick && opts.given.iter().any(|o| o == "discard") {
+            return Err(Error::MountOptionNotAllowed {
+                option: "discard".into(),
+                reason: "a thick volume keeps its preallocation, and discards would punch holes into it",
+            });
+        }
         let live = self.reconcile(vol, state)?;
         if let Some(st) = &state.staged {
             if st.staging_path != staging {
@@ -276,7 +282,7 @@ impl Pool {
             loopdev::detach(dev)?;
         }
         if state.staged.take().is_some() {
-            self.write_node_state(&vol.id, state)?;
+            self.write_shrunk_node_state(&vol.id, state)?;
         }
         if remove_dir {
             match fs::remove_dir(staging) {
@@ -397,7 +403,7 @@ impl Pool {
     pub(crate) fn unpublish_locked(&self, vol: &Volume, state: &mut NodeState, target: &Path) -> Result<()> {
         mount::cleanup(target)?;
         if state.published.remove(target).is_some() {
-            self.write_node_state(&vol.id, state)?;
+            self.write_shrunk_node_state(&vol.id, state)?;
         }
         tracing::info!(volume = %vol.id, target = %target.display(), "volume unpublished");
         Ok(())
@@ -413,7 +419,7 @@ impl Pool {
         if !live.mount_points.contains(&path) {
             return Err(Error::NotAtPath { id: id.into(), path });
         }
-        let mut condition = self.condition_of(&vol, &state, &live);
+        let mut condition = self.pool_condition()?.unwrap_or_else(|| self.condition_of(&vol, &state, &live));
         match (vol.access_type, &live.device) {
             (AccessType::Mount, _) => match fstools::usage(&path) {
                 Ok(usage) => Ok(VolumeStats { usage: Some(usage), total_bytes: usage.bytes_total, condition }),

@@ -93,6 +93,25 @@ impl Pool {
         record::write_with(&self.node_state_path(id), state, record::Durability::Volatile)
     }
 
+    /// Writes node state that only dropped entries (unpublish, unstage, a
+    /// reconcile). On a full pool the write of the temp file fails with
+    /// ENOSPC, and teardown must not fail with it, or every retry would too:
+    /// the file is removed (which frees its blocks) and written again, and
+    /// if even that fails it stays removed, which reads as "ask the kernel".
+    pub(crate) fn write_shrunk_node_state(&self, id: &str, state: &NodeState) -> Result<()> {
+        match self.write_node_state(id, state) {
+            Err(e) if e.is_no_space() => {
+                tracing::warn!(volume = %id, error = %e, "pool full: rewriting the node state in place");
+                self.remove_node_state(id)?;
+                match self.write_node_state(id, state) {
+                    Err(e) if e.is_no_space() => Ok(()),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
     pub(crate) fn remove_node_state(&self, id: &str) -> Result<()> {
         record::remove(&self.node_state_path(id))
     }

@@ -33,6 +33,8 @@ struct VolumeRow {
     id: String,
     name: String,
     capacity_bytes: u64,
+    /// Bytes of the pool's filesystem the image really uses.
+    allocated_bytes: u64,
     fs_type: &'static str,
     access_type: &'static str,
     thick: bool,
@@ -86,6 +88,7 @@ pub fn run(pool: &Pool, output: Output) -> anyhow::Result<ExitCode> {
             (v, state)
         })
         .map(|(v, state)| VolumeRow {
+            allocated_bytes: pool.allocated_bytes(&v.id).unwrap_or(0),
             loop_device: devices.get(&v.id).cloned(),
             staging_path: state.staged.as_ref().map(|s| s.staging_path.clone()),
             published_targets: state.published.len(),
@@ -118,6 +121,7 @@ fn render(l: &Listing) -> String {
                 v.id.clone(),
                 v.name.clone(),
                 human(v.capacity_bytes),
+                human(v.allocated_bytes),
                 v.fs_type.into(),
                 v.access_type.into(),
                 dash(v.loop_device.as_ref().map(|d| d.display().to_string())),
@@ -145,7 +149,7 @@ fn render(l: &Listing) -> String {
     format!(
         "VOLUMES ({})\n{}\nSNAPSHOTS ({})\n{}",
         volumes.len(),
-        table(&["ID", "NAME", "SIZE", "FS", "ACCESS", "DEVICE", "STAGED", "TARGETS", "CREATED"], &volumes),
+        table(&["ID", "NAME", "SIZE", "ALLOCATED", "FS", "ACCESS", "DEVICE", "STAGED", "TARGETS", "CREATED"], &volumes),
         snapshots.len(),
         table(&["ID", "NAME", "SOURCE", "SIZE", "READY", "GROUP", "CREATED"], &snapshots),
     )

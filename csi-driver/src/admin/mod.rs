@@ -13,6 +13,7 @@ mod doctor;
 mod inspect;
 mod list;
 mod migrate;
+mod trim;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,19 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t)]
         output: Output,
     },
+    /// Trim staged filesystems now: the space of deleted files goes back to
+    /// the pool. Prints the bytes each volume returned.
+    ///
+    /// Thick volumes (their preallocation is kept), block volumes and
+    /// unstaged ones are skipped; blocks a snapshot still shares stay
+    /// allocated. Exit 1 when a trim failed.
+    Trim {
+        /// Volume IDs (default: every volume of the pool).
+        volumes: Vec<String>,
+        /// Output format (json: one document on stdout, for scripts).
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Print the CSI PV that takes over a FlexVolume PV's volume in place.
     ///
     /// Same pool, same volume ID, so nothing is copied. Reads the PV as YAML
@@ -124,6 +138,7 @@ pub fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
         Command::List { output } => list::run(&open_pool(&ctx.pool)?, output),
         Command::Inspect { id, output } => inspect::run(&open_pool(&ctx.pool)?, &id, output),
         Command::Doctor { repair, output } => doctor::run(&open_pool(&ctx.pool)?, repair, output),
+        Command::Trim { volumes, output } => trim::run(&open_pool(&ctx.pool)?, volumes, output),
         Command::MigrateFlexvolume { file, node, storage_class, flex_config, output } => {
             let mut fs_types = migrate::FsTypeSources { pool: Some(ctx.pool.clone()), ..Default::default() };
             if let Some(path) = &flex_config {

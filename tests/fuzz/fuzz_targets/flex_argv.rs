@@ -30,10 +30,13 @@ fuzz_target!(|data: &[u8]| {
     let (_call, kinds) = CALLS[usize::from(selector) % CALLS.len()];
     let args: Vec<String> = rest.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
     for (kind, arg) in kinds.chars().zip(&args) {
-        // Quoting for messages: never an options object, never unbounded.
+        // Quoting for messages: never an options object, never longer than
+        // a path can be; anything else (paths) whole.
         let quoted = describe(arg);
-        if arg.contains('{') || arg.len() > 80 {
+        if arg.contains('{') || arg.len() > 4096 {
             assert!(!quoted.contains('{') && quoted.len() < 64, "{quoted}");
+        } else {
+            assert_eq!(quoted, format!("{arg:?}"));
         }
         match kind {
             'p' => match absolute_path("path", arg) {

@@ -153,6 +153,47 @@ impl VolumeSpec {
     }
 }
 
+/// What the driver advertises, as `SERVICE NAME` lines (`plugin CONTROLLER_SERVICE`,
+/// `controller CREATE_DELETE_VOLUME`, `node STAGE_UNSTAGE_VOLUME`, ...), in the
+/// driver's order. The controller is asked only when the plugin advertises it.
+pub async fn capabilities(c: &Csi) -> anyhow::Result<Vec<String>> {
+    use csi::controller_service_capability::Type as Controller;
+    use csi::node_service_capability::Type as Node;
+    use csi::plugin_capability::service::Type as ServiceType;
+    use csi::plugin_capability::Type as Plugin;
+
+    let mut out = Vec::new();
+    let plugin = c.identity.clone().get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {}).await?;
+    let mut has_controller = false;
+    for cap in plugin.into_inner().capabilities {
+        match cap.r#type {
+            Some(Plugin::Service(s)) => {
+                has_controller |= s.r#type() == ServiceType::ControllerService;
+                out.push(format!("plugin {}", s.r#type().as_str_name()));
+            }
+            Some(Plugin::VolumeExpansion(e)) => {
+                out.push(format!("plugin VOLUME_EXPANSION_{}", e.r#type().as_str_name()))
+            }
+            None => {}
+        }
+    }
+    if has_controller {
+        let req = csi::ControllerGetCapabilitiesRequest {};
+        for cap in c.controller.clone().controller_get_capabilities(req).await?.into_inner().capabilities {
+            if let Some(Controller::Rpc(r)) = cap.r#type {
+                out.push(format!("controller {}", r.r#type().as_str_name()));
+            }
+        }
+    }
+    let node = c.node.clone().node_get_capabilities(csi::NodeGetCapabilitiesRequest {}).await?;
+    for cap in node.into_inner().capabilities {
+        if let Some(Node::Rpc(r)) = cap.r#type {
+            out.push(format!("node {}", r.r#type().as_str_name()));
+        }
+    }
+    Ok(out)
+}
+
 /// A Kubernetes quantity (`10Gi`, `512Mi`, `1G`, `4096`) as CSI's int64 bytes.
 pub fn parse_size(s: &str) -> anyhow::Result<i64> {
     let bytes = loopvol_backend::quantity::parse(s).map_err(|e| anyhow::anyhow!("size {s:?}: {e}"))?;

@@ -243,6 +243,17 @@ pub struct Outcome {
     pub leftovers: Vec<String>,
 }
 
+impl Outcome {
+    /// Adds the outcome of a later chunk of the same benchmark.
+    pub fn add(&mut self, other: Outcome) {
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.interrupted += other.interrupted;
+        self.wall += other.wall;
+        self.leftovers.extend(other.leftovers);
+    }
+}
+
 /// How one lifecycle ended.
 enum End {
     Completed,

@@ -10,6 +10,7 @@
 //! csi-bench ... --work-dir /tmp/w volume create --name v1 --size 4Gi --param thick=true   # prints the target path
 //! csi-bench ... --work-dir /tmp/w volume remove --name v1
 //! csi-bench report --dir docs/bench --doc docs/BENCHMARKS.md
+//! csi-bench --endpoint unix:///run/csi.sock capabilities
 //! ```
 //!
 //! The first SIGINT stops launching and undoes what is in flight
@@ -71,6 +72,8 @@ enum Command {
         concurrency: usize,
         #[command(flatten)]
         volume: VolumeArgs,
+        #[command(flatten)]
+        reference: ReferenceArgs,
     },
     /// Many volumes in one pool: create, page through ListVolumes, GetCapacity,
     /// restart the driver (with --restart-cmd) until Probe is ready, delete.
@@ -123,6 +126,9 @@ enum Command {
         #[command(subcommand)]
         action: VolumeAction,
     },
+    /// Print what the driver advertises, one `SERVICE NAME` line each:
+    /// `plugin CONTROLLER_SERVICE`, `controller MODIFY_VOLUME`, `node STAGE_UNSTAGE_VOLUME`, ...
+    Capabilities,
     /// Regenerate the plot and the tables of docs/BENCHMARKS.md from the JSON results.
     Report {
         #[arg(long, default_value = "docs/bench")]
@@ -154,6 +160,28 @@ enum VolumeAction {
         #[arg(long)]
         name: String,
     },
+}
+
+/// A second driver measured in the same run, for ratios to it: the lifecycles
+/// are split into rounds, each run against --endpoint and then against the
+/// reference, so that both drivers see the same (noisy) machine.
+#[derive(Debug, Args)]
+struct ReferenceArgs {
+    /// The reference driver's endpoint.
+    #[arg(long, requires = "reference_json")]
+    reference_endpoint: Option<String>,
+    /// A file holding the reference driver's PID (for its RSS).
+    #[arg(long, requires = "reference_endpoint")]
+    reference_pid_file: Option<PathBuf>,
+    /// The reference driver's state directory (loop devices backed by files below it count as leaked).
+    #[arg(long, requires = "reference_endpoint")]
+    reference_pool: Option<PathBuf>,
+    /// Where the reference's results go (JSON, same shape as --json).
+    #[arg(long, requires = "reference_endpoint")]
+    reference_json: Option<PathBuf>,
+    /// How many rounds the lifecycles are split into, alternating between the drivers.
+    #[arg(long, default_value_t = 10, requires = "reference_endpoint")]
+    rounds: usize,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +272,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Report { dir, doc, svg } = &cli.command {
         return report(dir, doc, svg).map(|()| 0);
     }
+    if let Command::Capabilities = &cli.command {
+        let socket = client::socket_path(&cli.endpoint)?;
+        let (c, _) =
+            Csi::wait_ready(&socket, Duration::from_secs(10)).await.context("the driver does not answer Probe")?;
+        for line in client::capabilities(&c).await? {
+            println!("{line}");
+        }
+        return Ok(0);
+    }
     bench::install_signal_handler();
     if let Command::Volume { action } = &cli.command {
         return volume(&cli, action).await;
@@ -256,7 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Scale { .. } => "scale",
         Command::PublishStorm { .. } => "publish-storm",
         Command::Flex { .. } => "flex",
-        Command::Volume { .. } | Command::Report { .. } => unreachable!("handled above"),
+        Command::Volume { .. } | Command::Report { .. } | Command::Capabilities => unreachable!("handled above"),
     };
     let dir = cli.work_dir.join(format!("{mode}-{run_id}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -272,16 +309,27 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         pool: cli.pool.clone(),
     };
     let rec = Arc::new(Recorder::default());
-    let mut doc = json!({
-        "tool": "csi-bench",
-        "version": env!("CARGO_PKG_VERSION"),
-        "mode": mode,
-        "date": date_utc(),
-        "command_line": command_line(),
-        "host": host(),
-    });
+    let mut doc = base_doc(mode);
     let start = Instant::now();
     let mut not_undone: Vec<String> = Vec::new();
+
+    if let Command::Lifecycle { count, concurrency, volume, reference } = &cli.command {
+        if let (Some(endpoint), Some(json)) = (&reference.reference_endpoint, &reference.reference_json) {
+            let theirs = Run {
+                cli_json: Some(json.clone()),
+                endpoint: endpoint.clone(),
+                socket: client::socket_path(endpoint)?,
+                dir: r.dir.with_file_name(format!("{mode}-{}-reference", r.run_id)),
+                run_id: format!("{}r", r.run_id),
+                pid: None,
+                pid_file: reference.reference_pid_file.clone(),
+                pool: reference.reference_pool.clone(),
+            };
+            std::fs::create_dir_all(&theirs.dir).with_context(|| format!("creating {}", theirs.dir.display()))?;
+            let spec = volume.spec("1Gi")?;
+            return lifecycle_pair([r, theirs], *count, *concurrency, reference.rounds, spec).await;
+        }
+    }
 
     if let Command::Flex { exe, runs, size } = &cli.command {
         let out = bench::flex::run(exe, &r.dir, *runs, size, &rec);
@@ -292,13 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         return finish(&r, doc, &rec, start, not_undone, out.is_ok());
     }
 
-    doc["endpoint"] = json!(r.endpoint);
-    let (csi_client, connect_time) =
-        Csi::wait_ready(&r.socket, Duration::from_secs(10)).await.context("the driver does not answer Probe")?;
-    let info = csi_client.identity.clone().get_plugin_info(csi::GetPluginInfoRequest {}).await?.into_inner();
-    doc["driver"] = json!({"name": info.name, "vendor_version": info.vendor_version, "pid": r.driver_pid()});
-    doc["connect_ms"] = json!(bench::stats::ms(connect_time));
-    doc["driver_rss"] = json!({"before": r.rss()});
+    let csi_client = connect(&r, &mut doc).await?;
 
     let ok = match cli.command {
         Command::Probe => {
@@ -306,7 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             tokio::time::sleep(Duration::from_millis(200)).await;
             true
         }
-        Command::Lifecycle { count, concurrency, volume } => {
+        Command::Lifecycle { count, concurrency, volume, reference: _ } => {
             let spec = volume.spec("1Gi")?;
             doc["config"] = json!({"count": count, "concurrency": concurrency, "volume": spec.to_json()});
             let ctx = Arc::new(Ctx {
@@ -374,13 +416,98 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             not_undone = left;
             true
         }
-        Command::Flex { .. } | Command::Volume { .. } | Command::Report { .. } => unreachable!("handled above"),
+        Command::Flex { .. } | Command::Volume { .. } | Command::Report { .. } | Command::Capabilities => {
+            unreachable!("handled above")
+        }
     };
     // The driver's figures after the run, once its blocking threads could idle.
     // (A new connection: the scale run may have restarted the driver.)
     let _ = Csi::wait_ready(&r.socket, Duration::from_secs(10)).await;
     doc["driver_rss"]["after"] = r.rss();
     finish(&r, doc, &rec, start, not_undone, ok)
+}
+
+/// The head of a result document.
+fn base_doc(mode: &str) -> Value {
+    json!({
+        "tool": "csi-bench",
+        "version": env!("CARGO_PKG_VERSION"),
+        "mode": mode,
+        "date": date_utc(),
+        "command_line": command_line(),
+        "host": host(),
+    })
+}
+
+/// Connects to the driver of `r` (waiting for Probe) and records who it is,
+/// how long connecting took and its RSS before the run.
+async fn connect(r: &Run, doc: &mut Value) -> anyhow::Result<Csi> {
+    doc["endpoint"] = json!(r.endpoint);
+    let (csi_client, connect_time) = Csi::wait_ready(&r.socket, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("the driver at {} does not answer Probe", r.endpoint))?;
+    let info = csi_client.identity.clone().get_plugin_info(csi::GetPluginInfoRequest {}).await?.into_inner();
+    doc["driver"] = json!({"name": info.name, "vendor_version": info.vendor_version, "pid": r.driver_pid()});
+    doc["connect_ms"] = json!(bench::stats::ms(connect_time));
+    doc["driver_rss"] = json!({"before": r.rss()});
+    Ok(csi_client)
+}
+
+/// `lifecycle` against a driver and a reference driver, alternating: the
+/// lifecycles are split into `rounds` chunks, and each chunk runs against the
+/// first driver and then against the second, so that a burst of load on the
+/// machine hits both alike. One result document per driver.
+async fn lifecycle_pair(
+    runs: [Run; 2],
+    count: usize,
+    concurrency: usize,
+    rounds: usize,
+    spec: VolumeSpec,
+) -> anyhow::Result<i32> {
+    let start = Instant::now();
+    let rounds = rounds.clamp(1, count.max(1));
+    let mut drivers = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        let mut doc = base_doc("lifecycle");
+        let csi_client = connect(r, &mut doc).await?;
+        doc["config"] = json!({
+            "count": count, "concurrency": concurrency, "volume": spec.to_json(),
+            "rounds": rounds, "alternating_with": runs[1 - i].endpoint,
+        });
+        drivers.push((doc, csi_client, Arc::new(Recorder::default()), lifecycle::Outcome::default()));
+    }
+    'rounds: for round in 0..rounds {
+        let n = count / rounds + usize::from(round < count % rounds);
+        for (r, (_, csi_client, rec, out)) in runs.iter().zip(drivers.iter_mut()) {
+            if bench::stopped() {
+                break 'rounds;
+            }
+            let ctx = Arc::new(Ctx {
+                csi: csi_client.clone(),
+                rec: Arc::clone(rec),
+                spec: spec.clone(),
+                work: r.dir.clone(),
+                run_id: format!("{}-{round}", r.run_id),
+            });
+            out.add(lifecycle::run(ctx, n, concurrency).await);
+        }
+    }
+    let mut code = 0;
+    for (r, (mut doc, _, rec, out)) in runs.iter().zip(drivers) {
+        doc["lifecycles"] = json!({
+            "requested": count,
+            "completed": out.completed,
+            "failed": out.failed,
+            "interrupted": out.interrupted,
+            "wall_s": out.wall.as_secs_f64(),
+            "per_s": out.completed as f64 / out.wall.as_secs_f64().max(1e-9),
+        });
+        let ok = out.failed == 0 && out.interrupted == 0;
+        let _ = Csi::wait_ready(&r.socket, Duration::from_secs(10)).await;
+        doc["driver_rss"]["after"] = r.rss();
+        code = code.max(finish(r, doc, &rec, start, out.leftovers, ok)?);
+    }
+    Ok(code)
 }
 
 fn finish(
@@ -517,9 +644,17 @@ fn report(dir: &Path, doc: &Path, svg: &Path) -> anyhow::Result<()> {
     std::fs::write(svg, bench::report::svg(&runs)).with_context(|| format!("writing {}", svg.display()))?;
     let text = std::fs::read_to_string(doc).unwrap_or_default();
     let binaries = std::fs::read_to_string(dir.join("binaries.txt")).ok();
-    std::fs::write(doc, bench::report::splice(&text, &bench::report::markdown(&runs, binaries.as_deref())))
+    let reference = bench::report::load_reference(dir)?;
+    let section = bench::report::markdown(&runs, &reference, binaries.as_deref());
+    std::fs::write(doc, bench::report::splice(&text, &section))
         .with_context(|| format!("writing {}", doc.display()))?;
-    println!("wrote {} and {} from {} result files", svg.display(), doc.display(), runs.len());
+    println!(
+        "wrote {} and {} from {} result files ({} of the reference driver)",
+        svg.display(),
+        doc.display(),
+        runs.len(),
+        reference.len()
+    );
     Ok(())
 }
 
