@@ -132,8 +132,13 @@ for v in VARS:
     if tr:
         gib = tr["returned_bytes"] / 2**30
         goal = "" if v["thick"] else " " + verdict(gib, 0.9)
+        said = ""
+        if tr.get("driver_skipped"):
+            said = f"; skipped: {tr['driver_skipped']}"
+        elif "driver_returned_bytes" in tr:
+            said = f"; the driver said {tr['driver_returned_bytes']:,} bytes"
         trs = (f"{tr['allocated_before']/2**30:.2f} GiB → {tr['allocated_after']/2**30:.2f} GiB: **{gib:.2f} GiB** "
-               f"({tr['method']}){goal}")
+               f"(`{tr['method']}`{said}){goal}")
     md.append(f"| {v['name']} | {pcs} | {trs} |")
 md.append("")
 md.append("![data path ratios](bench/datapath.svg)")
@@ -357,7 +362,7 @@ else
 fi
 
 TRIM_METHOD=fstrim
-if "$CSI" trim --help 2>/dev/null | grep -qi '^usage:.*trim'; then
+if trim_help=$("$CSI" trim --help 2>/dev/null) && [[ $trim_help == *"Usage: "*" trim"* ]]; then
   TRIM_METHOD="loopvol-csi trim"
 fi
 echo "   trim: $TRIM_METHOD"
@@ -416,10 +421,11 @@ allocated() {
 # Trims the current volume ($target, $vol_id) the way this run does (the
 # driver's trim where it has one, else fstrim on the target); prints what it said.
 trim_volume() {
+  # One line: it goes into the results.
   if [ "$TRIM_METHOD" = fstrim ]; then
-    fstrim -v "$target"
+    fstrim -v "$target" | tr -s '\n' ' '
   else
-    "$CSI" --pool "$POOL" trim "$vol_id"
+    "$CSI" --pool "$POOL" trim --output json "$vol_id" | tr -s '\n' ' '
   fi
 }
 
@@ -575,6 +581,12 @@ for v in E["DP_WANT"].split():
     var["trim"] = {"method": E["DP_TRIM_METHOD"], "deleted_bytes": 2**30, "allocated_before": b, "allocated_after": a,
                    "returned_bytes": b - a, "output": m["trim_output"],
                    "baseline": {"allocated_before": int(m["trim_base_before"]), "allocated_after": int(m["trim_base_after"])}}
+    try:  # loopvol-csi trim --output json: what the driver says it returned
+        said = json.loads(m["trim_output"])
+        var["trim"]["driver_returned_bytes"] = said["returned_bytes"]
+        var["trim"]["driver_skipped"] = next((v.get("skipped") for v in said.get("volumes", []) if v.get("skipped")), None)
+    except (ValueError, KeyError, TypeError):
+        pass
     variants.append(var)
 notes = []
 for var in variants:
