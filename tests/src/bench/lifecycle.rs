@@ -4,7 +4,8 @@
 //! attempted is undone (also after an error or an interrupt), so a run leaves
 //! nothing behind.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,9 @@ pub struct Ctx {
 pub struct Volume {
     pub name: String,
     pub id: Option<String>,
+    /// CreateVolume's `volume_context`, passed to NodeStage and NodePublish
+    /// as kubelet does.
+    pub volume_context: HashMap<String, String>,
     staging: PathBuf,
     pod_dir: PathBuf,
     target: PathBuf,
@@ -51,7 +55,12 @@ const UNDO_ATTEMPTS: u32 = 6;
 
 impl Volume {
     pub fn new(ctx: &Ctx, index: usize) -> Volume {
-        let name = format!("csi-bench-{}-{index:05}", ctx.run_id);
+        Volume::named(ctx, format!("csi-bench-{}-{index:05}", ctx.run_id))
+    }
+
+    /// A volume called `name` (the CreateVolume name), its staging and
+    /// target directories below `ctx.work`.
+    pub fn named(ctx: &Ctx, name: String) -> Volume {
         let pod_dir = ctx.work.join("pods").join(&name);
         let target = pod_dir.join(match ctx.spec.access {
             Access::Mount => "mount",
@@ -61,6 +70,7 @@ impl Volume {
             staging: ctx.work.join("staging").join(&name),
             name,
             id: None,
+            volume_context: HashMap::new(),
             pod_dir,
             target,
             stage_tried: false,
@@ -71,12 +81,31 @@ impl Volume {
     pub async fn create(&mut self, ctx: &Ctx) -> Result<(), Status> {
         let mut c = ctx.csi.controller.clone();
         let resp = timed(&ctx.rec, "CreateVolume", c.create_volume(ctx.spec.create_request(&self.name))).await?;
-        let id = resp.volume.map(|v| v.volume_id).unwrap_or_default();
-        if id.is_empty() {
+        let volume = resp.volume.unwrap_or_default();
+        if volume.volume_id.is_empty() {
             return Err(Status::internal("CreateVolume answered without a volume_id"));
         }
-        self.id = Some(id);
+        self.id = Some(volume.volume_id);
+        self.volume_context = volume.volume_context;
         Ok(())
+    }
+
+    /// A volume an earlier process created, staged and published (so that
+    /// [`Volume::undo`] takes all of it down).
+    pub fn adopt_published(&mut self, id: String, volume_context: HashMap<String, String>) {
+        self.id = Some(id);
+        self.volume_context = volume_context;
+        self.stage_tried = true;
+        self.publish_tried = true;
+    }
+
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+
+    /// The NodePublish target (a directory for mount volumes).
+    pub fn target(&self) -> &Path {
+        &self.target
     }
 
     fn id(&self) -> String {
@@ -92,6 +121,7 @@ impl Volume {
             volume_id: self.id(),
             staging_target_path: self.staging.to_string_lossy().into_owned(),
             volume_capability: Some(ctx.spec.capability()),
+            volume_context: self.volume_context.clone(),
             ..Default::default()
         };
         timed(&ctx.rec, "NodeStageVolume", n.node_stage_volume(req)).await.map(drop)
@@ -108,6 +138,7 @@ impl Volume {
             target_path: self.target.to_string_lossy().into_owned(),
             volume_capability: Some(ctx.spec.capability()),
             readonly: false,
+            volume_context: self.volume_context.clone(),
             ..Default::default()
         };
         timed(&ctx.rec, "NodePublishVolume", n.node_publish_volume(req)).await.map(drop)

@@ -7,6 +7,7 @@ pub mod progress;
 pub mod report;
 pub mod scale;
 pub mod stats;
+pub mod volume;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -7,6 +7,8 @@
 //! csi-bench ... scale --volumes 1000 --concurrency 16 --restart-cmd ./restart.sh
 //! csi-bench ... publish-storm --volumes 64
 //! csi-bench --json flex.json flex --exe target/release/loopvol
+//! csi-bench ... --work-dir /tmp/w volume create --name v1 --size 4Gi --param thick=true   # prints the target path
+//! csi-bench ... --work-dir /tmp/w volume remove --name v1
 //! csi-bench report --dir docs/bench --doc docs/BENCHMARKS.md
 //! csi-bench --endpoint unix:///run/csi.sock capabilities
 //! ```
@@ -117,6 +119,13 @@ enum Command {
         #[arg(long, default_value = "64Mi")]
         size: String,
     },
+    /// One published mount volume to run a data-path benchmark in
+    /// (tests/bench/datapath.sh): `create` makes, stages and publishes it and
+    /// prints the target path; `remove` takes it down and deletes it.
+    Volume {
+        #[command(subcommand)]
+        action: VolumeAction,
+    },
     /// Print what the driver advertises, one `SERVICE NAME` line each:
     /// `plugin CONTROLLER_SERVICE`, `controller MODIFY_VOLUME`, `node STAGE_UNSTAGE_VOLUME`, ...
     Capabilities,
@@ -128,6 +137,28 @@ enum Command {
         doc: PathBuf,
         #[arg(long, default_value = "docs/bench/latency.svg")]
         svg: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeAction {
+    /// CreateVolume → NodeStageVolume → NodePublishVolume of one mount
+    /// volume; prints the target path on stdout. Kept in
+    /// <work-dir>/volumes/NAME.json for `remove`. Exit status 3 when
+    /// CreateVolume answers INVALID_ARGUMENT (e.g. an unknown parameter),
+    /// with the driver's message on stderr.
+    Create {
+        /// The CreateVolume name (also names its directories below --work-dir).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        volume: VolumeArgs,
+    },
+    /// NodeUnpublishVolume → NodeUnstageVolume → DeleteVolume of a volume
+    /// `create` made with the same --work-dir.
+    Remove {
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -251,6 +282,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         return Ok(0);
     }
     bench::install_signal_handler();
+    if let Command::Volume { action } = &cli.command {
+        return volume(&cli, action).await;
+    }
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let run_id = format!("{:08x}", nanos ^ std::process::id().rotate_left(16));
     let mode = match &cli.command {
@@ -259,7 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Scale { .. } => "scale",
         Command::PublishStorm { .. } => "publish-storm",
         Command::Flex { .. } => "flex",
-        Command::Report { .. } | Command::Capabilities => unreachable!("handled above"),
+        Command::Volume { .. } | Command::Report { .. } | Command::Capabilities => unreachable!("handled above"),
     };
     let dir = cli.work_dir.join(format!("{mode}-{run_id}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -382,7 +416,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             not_undone = left;
             true
         }
-        Command::Flex { .. } | Command::Report { .. } | Command::Capabilities => unreachable!("handled above"),
+        Command::Flex { .. } | Command::Volume { .. } | Command::Report { .. } | Command::Capabilities => {
+            unreachable!("handled above")
+        }
     };
     // The driver's figures after the run, once its blocking threads could idle.
     // (A new connection: the scale run may have restarted the driver.)
@@ -549,6 +585,53 @@ fn finish(
     } else {
         1
     })
+}
+
+/// `volume create|remove`: one volume, no statistics.
+async fn volume(cli: &Cli, action: &VolumeAction) -> anyhow::Result<i32> {
+    let socket = client::socket_path(&cli.endpoint)?;
+    std::fs::create_dir_all(&cli.work_dir).with_context(|| format!("creating {}", cli.work_dir.display()))?;
+    let work = std::fs::canonicalize(&cli.work_dir)?;
+    let (csi_client, _) =
+        Csi::wait_ready(&socket, Duration::from_secs(10)).await.context("the driver does not answer Probe")?;
+    let spec = match action {
+        VolumeAction::Create { volume, .. } => {
+            anyhow::ensure!(volume.access == Access::Mount, "volume create makes mount volumes only");
+            volume.spec("1Gi")?
+        }
+        VolumeAction::Remove { .. } => VolumeSpec {
+            access: Access::Mount,
+            size_bytes: 0,
+            fs_type: String::new(),
+            mount_flags: Vec::new(),
+            parameters: Default::default(),
+        },
+    };
+    let ctx = Ctx { csi: csi_client, rec: Arc::new(Recorder::default()), spec, work, run_id: String::new() };
+    let code = match action {
+        VolumeAction::Create { name, .. } => match bench::volume::create(&ctx, name).await {
+            Ok(target) => {
+                println!("{}", target.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("csi-bench volume create {name}: {e}");
+                if matches!(e, bench::volume::CreateError::Refused(_)) {
+                    3
+                } else {
+                    1
+                }
+            }
+        },
+        VolumeAction::Remove { name } => match bench::volume::remove(&ctx, name).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("csi-bench volume remove {name}: {e:#}");
+                1
+            }
+        },
+    };
+    Ok(if bench::stopped() && code == 0 { 130 } else { code })
 }
 
 fn not_undone_empty(doc: &Value) -> bool {

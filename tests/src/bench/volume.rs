@@ -1,0 +1,152 @@
+//! `csi-bench volume create|remove`: one mount volume made the way kubelet
+//! and the provisioner make it (CreateVolume → NodeStageVolume →
+//! NodePublishVolume), left published for a data-path benchmark to run in,
+//! and taken down again (NodeUnpublish → NodeUnstage → DeleteVolume) by a
+//! later call. What `remove` needs (the volume ID, the volume context) is
+//! kept in `<work-dir>/volumes/<name>.json`; the staging and target
+//! directories are `<work-dir>/staging/<name>` and
+//! `<work-dir>/pods/<name>/mount`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use tonic::Code;
+
+use super::lifecycle::{Ctx, Volume};
+use super::stopped;
+
+/// Why `create` failed.
+#[derive(Debug)]
+pub enum CreateError {
+    /// CreateVolume answered INVALID_ARGUMENT (e.g. a parameter this driver
+    /// does not know): the message is the driver's.
+    Refused(String),
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CreateError::Refused(m) => write!(f, "CreateVolume: INVALID_ARGUMENT: {m}"),
+            CreateError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+fn state_path(work: &Path, name: &str) -> PathBuf {
+    work.join("volumes").join(format!("{name}.json"))
+}
+
+/// Checks a volume name given on the command line: it becomes a file and
+/// directory name below the work dir.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with('.');
+    if !ok {
+        bail!("volume name {name:?}: want 1-128 of [A-Za-z0-9._-], not starting with '.'");
+    }
+    Ok(())
+}
+
+/// Creates, stages and publishes the volume `name` (the spec of `ctx`), and
+/// records it for [`remove`]. Returns the target path. On any failure (or an
+/// interrupt) whatever was done is undone.
+pub async fn create(ctx: &Ctx, name: &str) -> Result<PathBuf, CreateError> {
+    check_name(name).map_err(CreateError::Other)?;
+    let state = state_path(&ctx.work, name);
+    if state.exists() {
+        return Err(CreateError::Other(anyhow::anyhow!(
+            "{} exists: volume {name} was made before (remove it first)",
+            state.display()
+        )));
+    }
+    let mut vol = Volume::named(ctx, name.to_string());
+    if let Err(e) = vol.create(ctx).await {
+        return Err(if e.code() == Code::InvalidArgument {
+            CreateError::Refused(e.message().to_string())
+        } else {
+            CreateError::Other(anyhow::anyhow!("CreateVolume: {:?}: {}", e.code(), e.message()))
+        });
+    }
+    let forward = async {
+        vol.stage(ctx).await.map_err(|e| anyhow::anyhow!("NodeStageVolume: {:?}: {}", e.code(), e.message()))?;
+        if stopped() {
+            bail!("interrupted");
+        }
+        vol.publish(ctx).await.map_err(|e| anyhow::anyhow!("NodePublishVolume: {:?}: {}", e.code(), e.message()))?;
+        if stopped() {
+            bail!("interrupted");
+        }
+        let record = json!({
+            "name": name,
+            "volume_id": vol.id,
+            "volume_context": vol.volume_context,
+            "staging": vol.staging(),
+            "target": vol.target(),
+            "volume": ctx.spec.to_json(),
+        });
+        write_state(&state, &record)?;
+        Ok(())
+    }
+    .await;
+    match forward {
+        Ok(()) => Ok(vol.target().to_path_buf()),
+        Err(e) => {
+            let left = vol.undo(ctx).await;
+            let e = if left.is_empty() { e } else { e.context(format!("and not undone: {left:?}")) };
+            Err(CreateError::Other(e))
+        }
+    }
+}
+
+fn write_state(path: &Path, record: &Value) -> anyhow::Result<()> {
+    let dir = path.parent().context("state path without a parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(path, serde_json::to_string_pretty(record)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Unpublishes, unstages and deletes the volume `name` made by [`create`]
+/// (retrying transient errors), then forgets it. A volume this work dir has
+/// no record of is an error.
+pub async fn remove(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    check_name(name)?;
+    let state = state_path(&ctx.work, name);
+    let text =
+        std::fs::read_to_string(&state).with_context(|| format!("volume {name}: reading {}", state.display()))?;
+    let record: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", state.display()))?;
+    let id = record["volume_id"].as_str().filter(|s| !s.is_empty()).context("record without a volume_id")?;
+    let volume_context = record["volume_context"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    let mut vol = Volume::named(ctx, name.to_string());
+    vol.adopt_published(id.to_string(), volume_context);
+    let left = vol.undo(ctx).await;
+    if !left.is_empty() {
+        bail!("volume {name} not taken down: {left:?}");
+    }
+    std::fs::remove_file(&state).with_context(|| format!("removing {}", state.display()))?;
+    let _ = std::fs::remove_dir(ctx.work.join("volumes"));
+    let _ = std::fs::remove_dir(ctx.work.join("staging"));
+    let _ = std::fs::remove_dir(ctx.work.join("pods"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+
+    #[test]
+    fn names_are_plain_file_names() {
+        for good in ["dp-thin-direct", "a", "v_1.2"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(129)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
