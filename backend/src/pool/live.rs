@@ -179,6 +179,11 @@ impl Pool {
     /// Abnormal for every volume when an overcommitted pool runs low on real
     /// space (see `Capacity::low_space`).
     pub(crate) fn pool_condition(&self) -> Result<Option<Condition>> {
+        // Only an overcommitted pool can run out under its volumes: skip the
+        // walk over every image otherwise (stats are asked for often).
+        if self.options.overprovision_ratio <= 1.0 {
+            return Ok(None);
+        }
         Ok(self.capacity()?.low_space(&self.options).map(Condition::abnormal))
     }
 
