@@ -10,7 +10,7 @@ use common::*;
 
 #[test]
 fn init_prints_all_capabilities_and_nothing_else() {
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let out = w.run(&["init"]);
     out.ok().golden(INIT_FALSE);
     // One line of JSON plus its newline: no other byte on stdout or stderr.
@@ -23,7 +23,7 @@ fn init_prints_all_capabilities_and_nothing_else() {
 
 #[test]
 fn init_succeeds_whatever_the_config() {
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     for text in ["{", "", "[1,2]", r#"{"pool":"relative"}"#, "\u{0}\u{1}garbage"] {
         std::fs::write(&w.config, text).unwrap();
         w.run(&["init"]).ok().golden(INIT_FALSE);
@@ -80,14 +80,14 @@ fn help_prints_usage_text_on_stdout() {
     }
     // kubelet's calls are unchanged: a call named like nothing known is
     // still "Not supported", and a real call still answers JSON.
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     w.run(&["--helpme", "{}"]).golden(NOT_SUPPORTED);
     w.run(&["init"]).ok().golden(INIT_FALSE);
 }
 
 #[test]
 fn unknown_and_unimplemented_calls_are_not_supported() {
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     for call in ["getvolumename", "waitfordetach", "getdevicemountpath", "provision", "foo", "INIT", "", "--version"] {
         let out = w.run(&[call, "{}"]);
         out.golden(NOT_SUPPORTED);
@@ -98,7 +98,7 @@ fn unknown_and_unimplemented_calls_are_not_supported() {
 
 #[test]
 fn missing_arguments_are_failures_not_usage_text() {
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let out = w.run(&[]);
     out.failed();
     assert_eq!(out.code, 0);
@@ -125,7 +125,7 @@ fn missing_arguments_are_failures_not_usage_text() {
 
 #[test]
 fn a_broken_config_fails_every_call_but_init() {
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     std::fs::write(&w.config, r#"{"pool": "/p", "stateDir": "#).unwrap();
     let pod = w.pod_dir("p1", "v1");
     let pod = pod.to_str().unwrap();
@@ -159,7 +159,7 @@ fn a_broken_config_fails_every_call_but_init() {
 
 #[test]
 fn a_panic_still_ends_as_one_failure_object() {
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     for call in ["init", "mount", "getvolumename"] {
         let pod = w.pod_dir("p1", "v1");
         let out = w.run_env(&[call, pod.to_str().unwrap(), "{}"], &[("LOOPVOL_FLEX_PANIC", call)]);
@@ -175,7 +175,7 @@ fn a_panic_still_ends_as_one_failure_object() {
 /// show them whole, so that a call can be traced to its pod.
 #[test]
 fn long_pod_paths_appear_whole_in_messages_and_the_log() {
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let pod = "var/lib/kubelet/pods/0b7c2f0e-4a1d-4c59-9a5e-1f2e3d4c5b6a/volumes/loopvol~loopvol/pvc-data";
     assert!(pod.len() > 80);
     let out = w.run(&["mount", pod, &mount_json("v1", &[])]);
@@ -188,7 +188,7 @@ fn long_pod_paths_appear_whole_in_messages_and_the_log() {
 
 #[test]
 fn secrets_never_reach_output_or_log() {
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let pod = w.pod_dir("p1", "v1");
     // Fails on the size option, after the secrets were read.
     let json = mount_json("v1", &[("size", "-1Gi")]);
@@ -214,7 +214,7 @@ fn secrets_never_reach_output_or_log() {
 
 #[test]
 fn a_huge_option_argument_is_handled() {
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let pod = w.pod_dir("p1", "v1");
     let big = "x".repeat(100 * 1024);
     let json = mount_json("v1", &[("note", &big), ("size", "lots")]);
@@ -309,7 +309,7 @@ fn install_refuses_bad_arguments_and_configs() {
 
 #[test]
 fn calls_never_write_into_the_plugin_dir() {
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let plugins = w.dir.path().join("exec");
     let (out, exe) = install(&plugins, Some(&w.config));
     out.ok();

@@ -21,7 +21,7 @@ fn p(path: &Path) -> &str {
 }
 
 /// Starts the driver as kubelet does, without waiting for it.
-fn spawn(w: &World, args: &[&str]) -> Child {
+fn spawn(w: &FlexWorld, args: &[&str]) -> Child {
     Command::new(EXE)
         .args(args)
         .env_clear()
@@ -41,7 +41,7 @@ fn pattern(seed: u8) -> Vec<u8> {
 
 /// Nothing of the world is mounted any more and no loop device is left.
 #[track_caller]
-fn assert_released(w: &World, what: &str) {
+fn assert_released(w: &FlexWorld, what: &str) {
     let root = fs::canonicalize(w.dir.path()).unwrap();
     assert!(
         eventually(|| loopvol_test_support::mounts_under(&root).is_empty()),
@@ -55,7 +55,7 @@ fn assert_released(w: &World, what: &str) {
 /// killed record write can leave a small pid-tagged `.<id>.json.<pid>.tmp`;
 /// records never read it and `loopvol doctor` removes it.)
 #[track_caller]
-fn assert_no_temp_files(w: &World, what: &str) {
+fn assert_no_temp_files(w: &FlexWorld, what: &str) {
     for dir in ["volumes", "snapshots"] {
         let Ok(entries) = fs::read_dir(w.pool.join(dir)) else { continue };
         for e in entries {
@@ -75,7 +75,7 @@ struct Vol {
 /// Mounts into a fresh pod dir, checks one mount and the data, writes new
 /// data, unmounts and checks that everything is released. Returns how long
 /// the mount took (to aim the kills, never asserted).
-fn full_cycle(w: &World, v: &mut Vol, pod: &Path, seed: u8, what: &str) -> Duration {
+fn full_cycle(w: &FlexWorld, v: &mut Vol, pod: &Path, seed: u8, what: &str) -> Duration {
     let started = Instant::now();
     let out = w.run(&["mount", p(pod), &v.json]);
     let took = started.elapsed();
@@ -96,7 +96,7 @@ fn micros(d: Duration) -> u64 {
 }
 
 #[track_caller]
-fn check_mounted(w: &World, v: &Vol, pod: &Path, what: &str) {
+fn check_mounted(w: &FlexWorld, v: &Vol, pod: &Path, what: &str) {
     assert_eq!(mount_count(pod), 1, "{what}: exactly one mount at the pod dir");
     assert_eq!(mount_count(&w.staging(&v.pv)), 1, "{what}: exactly one staging mount");
     assert_eq!(loops_under(&w.pool).len(), 1, "{what}: exactly one loop device");
@@ -112,7 +112,7 @@ fn killed_mount_converges_on_rerun_or_unmount() {
         return;
     }
     let trials: u32 = std::env::var("LOOPVOL_CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
 
     // Aim the kills: how long a first mount (create + mkfs) and a mount of

@@ -24,7 +24,7 @@ fn mount_unmount_remount_keeps_data() {
     if !loopvol_test_support::privileged("mount_unmount_remount_keeps_data") {
         return;
     }
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
     let pod = w.pod_dir("pod-a", "pv-data");
     let json = mount_json("pv-data", &[("size", "64Mi")]);
@@ -67,7 +67,7 @@ fn read_only_and_read_write_pods_share_one_staging() {
     if !loopvol_test_support::privileged("read_only_and_read_write_pods_share_one_staging") {
         return;
     }
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
     let rw = w.pod_dir("pod-rw", "pv-ro");
     let ro = w.pod_dir("pod-ro", "pv-ro");
@@ -101,7 +101,7 @@ fn twenty_parallel_mounts_of_different_volumes() {
     if !loopvol_test_support::privileged("twenty_parallel_mounts_of_different_volumes") {
         return;
     }
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
     let pods: Vec<_> =
         (0..20).map(|i| (w.pod_dir(&format!("pod-{i}"), &format!("pv-{i}")), format!("pv-{i}"))).collect();
@@ -138,7 +138,7 @@ fn racing_mounts_of_one_volume_end_in_one_mount() {
     if !loopvol_test_support::privileged("racing_mounts_of_one_volume_end_in_one_mount") {
         return;
     }
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
     let pod = w.pod_dir("pod-a", "pv-race");
     let other = w.pod_dir("pod-b", "pv-race");
@@ -173,7 +173,7 @@ fn unmount_of_unknown_paths_succeeds() {
     if !loopvol_test_support::privileged("unmount_of_unknown_paths_succeeds") {
         return;
     }
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
     let missing = w.kubelet.join("pods/none/volumes/loopvol~loopvol/gone");
     w.run(&["unmount", p(&missing)]).ok().golden(SUCCESS);
@@ -193,7 +193,7 @@ fn unmount_works_without_the_drivers_records() {
     if !loopvol_test_support::privileged("unmount_works_without_the_drivers_records") {
         return;
     }
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
     let pod = w.pod_dir("pod-a", "pv-lost");
     w.run(&["mount", p(&pod), &mount_json("pv-lost", &[])]).ok();
@@ -210,7 +210,7 @@ fn odd_and_huge_option_values_are_taken_literally() {
     if !loopvol_test_support::privileged("odd_and_huge_option_values_are_taken_literally") {
         return;
     }
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
     let canary = w.dir.path().join("pwned");
     let c = canary.display().to_string();
@@ -243,7 +243,7 @@ fn failed_mounts_leave_nothing_behind() {
     if !loopvol_test_support::privileged("failed_mounts_leave_nothing_behind") {
         return;
     }
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
     let pod = w.pod_dir("pod-a", "pv-f");
     // Refused mount option.
@@ -272,7 +272,7 @@ fn expandfs_grows_xfs_online() {
     if !loopvol_test_support::privileged("expandfs_grows_xfs_online") {
         return;
     }
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
     let pod = w.pod_dir("pod-a", "pv-xfs");
     let extra = [("kubernetes.io/fsType", "xfs"), ("size", "320Mi")];
@@ -301,7 +301,7 @@ fn expandfs_of_ext4_grows_now_or_at_the_next_mount() {
     if !loopvol_test_support::privileged("expandfs_of_ext4_grows_now_or_at_the_next_mount") {
         return;
     }
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
     let pod = w.pod_dir("pod-a", "pv-ext");
     w.run(&["mount", p(&pod), &mount_json("pv-ext", &[("size", "64Mi")])]).ok();
@@ -328,7 +328,7 @@ fn attach_flow_end_to_end() {
     if !loopvol_test_support::privileged("attach_flow_end_to_end") {
         return;
     }
-    let w = World::new(true);
+    let w = FlexWorld::new(EXE, true);
     let _g = w.guard();
     w.run(&["init"]).ok().golden(INIT_TRUE);
     let json = base_json("pv-att", &[("size", "32Mi")]);
@@ -390,7 +390,7 @@ fn mount_and_unmount_never_write_into_the_plugin_dir() {
     if !loopvol_test_support::privileged("mount_and_unmount_never_write_into_the_plugin_dir") {
         return;
     }
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
     let plugins = w.dir.path().join("exec");
     let (out, exe) = install(&plugins, Some(&w.config));
@@ -410,7 +410,7 @@ fn unmount_succeeds_when_the_pool_lost_the_volume() {
     if !loopvol_test_support::privileged("unmount_succeeds_when_the_pool_lost_the_volume") {
         return;
     }
-    let w = World::new(false);
+    let w = FlexWorld::new(EXE, false);
     let _g = w.guard();
     let pod = w.pod_dir("pod-a", "pv-gone");
     w.run(&["mount", p(&pod), &mount_json("pv-gone", &[])]).ok();

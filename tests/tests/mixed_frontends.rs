@@ -12,46 +12,40 @@ use std::time::Duration;
 
 use loopvol_backend::{Pool, PoolOptions};
 use loopvol_proto::v1 as csi;
-use loopvol_test_support::{loops_settle, privileged, Sandbox};
+use loopvol_test_support::flex::FlexWorld;
+use loopvol_test_support::{loops_settle, privileged};
 use loopvol_tests::bench::client::Csi;
 use loopvol_tests::workspace_binary;
 
 const MIB: i64 = 1 << 20;
 
 struct World {
-    sandbox: Sandbox,
-    config: PathBuf,
+    /// Pool, FlexVolume state dir, kubelet dir and config (tests/support).
+    flex: FlexWorld,
     socket: PathBuf,
     server: Child,
 }
 
 impl World {
     fn start() -> World {
-        let sandbox = Sandbox::new();
-        let root = sandbox.path();
-        let config = root.join("flex.json");
-        let text = serde_json::json!({
-            "pool": root.join("pool"), "stateDir": root.join("flex-state"),
-            "defaultFsType": "ext4", "defaultSize": "64Mi"
-        });
-        fs::write(&config, text.to_string()).unwrap();
-        let socket = root.join("csi.sock");
+        let flex = FlexWorld::new(workspace_binary("loopvol"), false);
+        let socket = flex.root.join("csi.sock");
         let server = Command::new(workspace_binary("loopvol-csi"))
             .arg("--endpoint")
             .arg(&socket)
             .arg("--pool")
-            .arg(root.join("pool"))
+            .arg(&flex.pool)
             .args(["--node-id", "node-1"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        World { sandbox, config, socket, server }
+        World { flex, socket, server }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.sandbox.path().join(rel)
+        self.flex.root.join(rel)
     }
 
     /// Starts `loopvol <args>` as kubelet does; `finish` collects its reply.
@@ -59,7 +53,7 @@ impl World {
         let (reader, writer) = std::io::pipe().unwrap();
         let child = Command::new(workspace_binary("loopvol"))
             .args(args)
-            .env("LOOPVOL_FLEX_CONFIG", &self.config)
+            .env("LOOPVOL_FLEX_CONFIG", &self.flex.config)
             .stdin(Stdio::null())
             .stdout(writer.try_clone().unwrap())
             .stderr(writer)
@@ -186,7 +180,7 @@ async fn flexvolume_processes_and_the_csi_server_share_one_pool() {
         let flex: Vec<_> =
             pods.iter().map(|pod| w.flex(&["mount", pod.to_str().unwrap(), &options("pv-shared")])).collect();
         let csi_work: Vec<_> =
-            (0..4).map(|n| tokio::spawn(csi_lifecycle(client.clone(), w.sandbox.path(), round * 10 + n))).collect();
+            (0..4).map(|n| tokio::spawn(csi_lifecycle(client.clone(), w.flex.root.clone(), round * 10 + n))).collect();
         for work in csi_work {
             work.await.unwrap().unwrap();
         }
@@ -194,7 +188,7 @@ async fn flexvolume_processes_and_the_csi_server_share_one_pool() {
             let reply = tokio::task::spawn_blocking(move || finish(f)).await.unwrap();
             assert_eq!(reply["status"], "Success", "{reply}");
         }
-        let staging = w.path("flex-state/staging/pv-shared");
+        let staging = w.flex.state.join("staging/pv-shared");
         assert_eq!(mounts_at(&staging), 1, "one staging mount for both pods");
         for pod in &pods {
             assert_eq!(mounts_at(pod), 1, "one mount per pod");
@@ -218,7 +212,7 @@ async fn flexvolume_processes_and_the_csi_server_share_one_pool() {
     assert_eq!(vols.len(), 1);
     let state = pool.node_state(&vols[0].id).unwrap();
     assert!(state.staged.is_none() && state.published.is_empty());
-    let under = loopvol_test_support::mounts_under(&w.sandbox.path());
+    let under = loopvol_test_support::mounts_under(&w.flex.root.clone());
     assert!(under.is_empty(), "leaked mounts: {under:?}");
-    assert_eq!(loops_settle(&w.sandbox.path(), 0), 0, "leaked loop devices");
+    assert_eq!(loops_settle(&w.flex.root.clone(), 0), 0, "leaked loop devices");
 }

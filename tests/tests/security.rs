@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,6 +17,7 @@ use base64::Engine;
 use loopvol_backend::{
     AccessType, CapacityRange, CreateVolume, Error, FsType, Lifecycle, Pool, PoolOptions, PublishRequest, StageRequest,
 };
+use loopvol_test_support::flex::{kubelet_options, FlexWorld};
 use loopvol_test_support::{privileged, Sandbox};
 
 const SECRET: &str = "Sup3r-s3cret-v4lue-never-to-be-logged";
@@ -33,82 +33,14 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// A FlexVolume world: pool, state dir, kubelet dir and config.
-struct Flex {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    config: PathBuf,
-}
-
-impl Flex {
-    fn new(attach: bool) -> Flex {
-        let dir = tempfile::Builder::new().prefix("loopvol-sec-").tempdir().unwrap();
-        let root = fs::canonicalize(dir.path()).unwrap();
-        let config = root.join("config.json");
-        let text = serde_json::json!({
-            "pool": root.join("pool"), "stateDir": root.join("state"), "attach": attach,
-            "defaultFsType": "ext4", "defaultSize": "64Mi"
-        });
-        fs::write(&config, text.to_string()).unwrap();
-        Flex { _dir: dir, root, config }
-    }
-
-    /// Runs the driver as kubelet does: argv, stdin /dev/null, stdout and
-    /// stderr merged. Returns the merged output.
-    fn run(&self, args: &[&str]) -> String {
-        let (mut reader, writer) = std::io::pipe().unwrap();
-        let mut child = Command::new(bin("loopvol"))
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("LOOPVOL_FLEX_CONFIG", &self.config)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(writer.try_clone().unwrap())
-            .stderr(writer)
-            .spawn()
-            .unwrap();
-        let mut out = String::new();
-        reader.read_to_string(&mut out).unwrap();
-        child.wait().unwrap();
-        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"));
-        assert!(v["status"].is_string(), "{out}");
-        out
-    }
-
-    fn pod(&self, pod: &str, vol: &str) -> PathBuf {
-        let p = self.root.join("kubelet/pods").join(pod).join("volumes/loopvol~loopvol").join(vol);
-        fs::create_dir_all(&p).unwrap();
-        p
-    }
-}
-
-impl Drop for Flex {
-    fn drop(&mut self) {
-        loopvol_test_support::cleanup_under(&self.root);
-    }
-}
-
 /// Options as kubelet sends them, with two secrets.
 fn options(pv: &str, extra: &[(&str, &str)]) -> String {
-    let mut m: BTreeMap<String, String> = [
-        ("kubernetes.io/fsType", ""),
-        ("kubernetes.io/readwrite", "rw"),
-        ("kubernetes.io/pvOrVolumeName", pv),
-        ("kubernetes.io/pod.name", "web-0"),
-        ("kubernetes.io/pod.namespace", "default"),
-        ("kubernetes.io/pod.uid", "4a1d"),
-        ("kubernetes.io/serviceAccount.name", "default"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    m.insert("kubernetes.io/secret/password".into(), b64(SECRET));
-    m.insert("kubernetes.io/secret/username".into(), b64(SECRET_USER));
-    for (k, v) in extra {
-        m.insert(k.to_string(), v.to_string());
-    }
-    serde_json::to_string(&m).unwrap()
+    kubelet_options(pv, &[("password", SECRET), ("username", SECRET_USER)], extra)
+}
+
+/// A FlexVolume world for the workspace's `loopvol`.
+fn flex(attach: bool) -> FlexWorld {
+    FlexWorld::new(bin("loopvol"), attach)
 }
 
 /// Every regular file below `dir` with its content (lossy), for grepping.
@@ -151,8 +83,8 @@ fn mounts_under(root: &Path) -> Vec<PathBuf> {
 /// the log and records, pool, kubelet dirs) are free of them.
 #[test]
 fn secrets_never_reach_any_output_or_file() {
-    let w = Flex::new(false);
-    let pod = w.pod(&"p".repeat(3), "pv-sec");
+    let w = flex(false);
+    let pod = w.pod_dir(&"p".repeat(3), "pv-sec");
     let p = pod.to_str().unwrap();
     let mut outputs = Vec::new();
     // Calls that fail after the secrets were read.
@@ -164,30 +96,30 @@ fn secrets_never_reach_any_output_or_file() {
         vec![("create", "maybe")],
         vec![("kubernetes.io/secret/broken", "%%% not base64 %%%")],
     ] {
-        outputs.push(w.run(&["mount", p, &options("pv-sec", &extra)]));
+        outputs.push(w.run(&["mount", p, &options("pv-sec", &extra)]).raw);
     }
     // Swapped and truncated argv, unknown calls.
     let json = options("pv-sec", &[]);
-    outputs.push(w.run(&["mount", &json, p]));
-    outputs.push(w.run(&["mount", &json]));
-    outputs.push(w.run(&["expandfs", &json, "/dev/loop0", p, "not-a-number", "0"]));
-    outputs.push(w.run(&["isattached", "node-1", &json]));
-    outputs.push(w.run(&["attach", &json, ""]));
-    outputs.push(w.run(&["getvolumename", &json]));
-    outputs.push(w.run(&["no-such-call", &json]));
+    outputs.push(w.run(&["mount", &json, p]).raw);
+    outputs.push(w.run(&["mount", &json]).raw);
+    outputs.push(w.run(&["expandfs", &json, "/dev/loop0", p, "not-a-number", "0"]).raw);
+    outputs.push(w.run(&["isattached", "node-1", &json]).raw);
+    outputs.push(w.run(&["attach", &json, ""]).raw);
+    outputs.push(w.run(&["getvolumename", &json]).raw);
+    outputs.push(w.run(&["no-such-call", &json]).raw);
     for o in &outputs {
         assert_no_secret("a reply", o);
     }
     if privileged("secrets_never_reach_any_output_or_file") {
         // The whole life of a volume, both flows.
-        assert!(w.run(&["mount", p, &json]).contains("Success"));
-        outputs.push(w.run(&["mount", p, &json]));
-        outputs.push(w.run(&["expandfs", &json, "/dev/loop0", p, "134217728", "67108864"]));
-        outputs.push(w.run(&["unmount", p]));
-        let a = Flex::new(true);
+        assert!(w.run(&["mount", p, &json]).raw.contains("Success"));
+        outputs.push(w.run(&["mount", p, &json]).raw);
+        outputs.push(w.run(&["expandfs", &json, "/dev/loop0", p, "134217728", "67108864"]).raw);
+        outputs.push(w.run(&["unmount", p]).raw);
+        let a = flex(true);
         let global = a.root.join("kubelet/plugins/kubernetes.io/flexvolume/loopvol/loopvol/mounts/pv-att");
         fs::create_dir_all(&global).unwrap();
-        let apod = a.pod("q", "pv-att");
+        let apod = a.pod_dir("q", "pv-att");
         let ajson = options("pv-att", &[]);
         let g = global.to_str().unwrap();
         let pd = apod.to_str().unwrap();
@@ -202,7 +134,7 @@ fn secrets_never_reach_any_output_or_file() {
             &["detach", "pv-att", "node-1"],
         ];
         for args in calls {
-            let out = a.run(args);
+            let out = a.run(args).raw;
             assert!(out.contains("Success") || args[0] == "isattached", "{args:?}: {out}");
             assert_no_secret("a reply", &out);
         }
@@ -379,8 +311,8 @@ fn csi_socket_is_closed_to_other_users() {
 
 #[test]
 fn hostile_ids_and_mount_options_are_refused_and_change_nothing_outside_the_pool() {
-    let w = Flex::new(false);
-    let pod = w.pod("h", "pv-h");
+    let w = flex(false);
+    let pod = w.pod_dir("h", "pv-h");
     let p = pod.to_str().unwrap();
     for (what, extra) in [
         ("dotdot id", vec![("volumeID", "../../../etc/passwd")]),
@@ -396,7 +328,7 @@ fn hostile_ids_and_mount_options_are_refused_and_change_nothing_outside_the_pool
         ("unknown fs", vec![("kubernetes.io/fsType", "nfs")]),
         ("huge size", vec![("size", "99999Ei")]),
     ] {
-        let out = w.run(&["mount", p, &options("pv-h", &extra)]);
+        let out = w.run(&["mount", p, &options("pv-h", &extra)]).raw;
         assert!(out.contains("\"Failure\""), "{what}: {out}");
     }
     assert!(mounts_under(&w.root).is_empty());

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use loopvol_backend::test_hooks;
 
+pub mod flex;
+
 /// True when this process can make loop devices and mounts. Otherwise says so
 /// loudly on stderr and returns false, so the caller skips; under
 /// `LOOPVOL_REQUIRE_PRIVILEGED=1` (CI) a skip is a failure instead.
