@@ -16,15 +16,14 @@ mod common;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-use common::{cleanup_under, loops_under, mount_rw, mounts_under, snapshot_source, EXE, MIB, NODE};
-use hyper_util::rt::TokioIo;
+use common::{cleanup_under, loops_under, mount_rw, mounts_under, snapshot_source, MIB};
 use loopvol_proto::v1 as csi;
 use loopvol_proto::v1::controller_client::ControllerClient;
 use loopvol_proto::v1::node_client::NodeClient;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// Every failpoint in the backend, with the RPC it sits in.
 const POINTS: [(&str, &str); 9] = [
@@ -39,8 +38,8 @@ const POINTS: [(&str, &str); 9] = [
     ("create.before-record", "CreateVolume from snapshot"),
 ];
 
-/// A server of one test world, started and restarted by hand (the shared
-/// harness cannot set the failpoint variable).
+/// A server of one test world, started and restarted by hand with a
+/// failpoint (the common spawner), and killed where the failpoint says.
 struct World {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -69,49 +68,10 @@ impl World {
     async fn start(&mut self, failpoint: Option<&str>) {
         assert!(self.child.is_none());
         let _ = fs::remove_file(&self.socket);
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.root.join("server.log")).unwrap();
-        let mut cmd = Command::new(EXE);
-        cmd.arg("--endpoint")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(["--node-id", NODE])
-            .arg("--pool")
-            .arg(&self.pool)
-            .env("RUST_LOG", "info")
-            .env_remove(loopvol_backend::failpoint::ENV)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        if let Some(point) = failpoint {
-            cmd.env(loopvol_backend::failpoint::ENV, point);
-        }
-        self.child = Some(cmd.spawn().unwrap());
-        let channel = self.connect().await;
+        self.child = Some(common::spawn(&self.socket, &self.pool, &self.root, &[], failpoint));
+        let channel = common::connect(&self.socket, &self.root).await;
         self.node = Some(NodeClient::new(channel.clone()));
         self.controller = Some(ControllerClient::new(channel));
-    }
-
-    async fn connect(&self) -> Channel {
-        // Readiness wait (bounded), not a timing assertion.
-        for _ in 0..1500 {
-            if self.socket.exists() {
-                let path = self.socket.clone();
-                let channel =
-                    Endpoint::try_from("http://[::]:50051")
-                        .unwrap()
-                        .connect_with_connector(tower::service_fn(move |_: Uri| {
-                            let path = path.clone();
-                            async move {
-                                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-                            }
-                        }))
-                        .await;
-                if let Ok(channel) = channel {
-                    return channel;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("loopvol-csi did not come up: {}", self.log());
     }
 
     /// Stops a server that is still running (SIGTERM) and reaps it.

@@ -56,7 +56,7 @@ impl Server {
         let socket = root.join("csi.sock");
         let pool = root.join("pool");
         let extra_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let child = spawn(&socket, &pool, &root, &extra_args);
+        let child = spawn(&socket, &pool, &root, &extra_args, None);
         let channel = connect(&socket, &root).await;
         Server {
             child: Some(child),
@@ -95,7 +95,7 @@ impl Server {
 
     /// Starts the server again after [`Server::stop`].
     pub async fn restart_after_stop(&mut self) {
-        self.child = Some(spawn(&self.socket, &self.pool, &self.root, &self.extra_args));
+        self.child = Some(spawn(&self.socket, &self.pool, &self.root, &self.extra_args, None));
         let channel = connect(&self.socket, &self.root).await;
         self.identity = IdentityClient::new(channel.clone());
         self.controller = ControllerClient::new(channel.clone());
@@ -245,27 +245,33 @@ impl Drop for Server {
     }
 }
 
-fn spawn(socket: &Path, pool: &Path, root: &Path, extra: &[String]) -> Child {
+/// Starts loopvol-csi on `socket` and `pool`, logging to `<root>/server.log`;
+/// with `failpoint`, it aborts there (`LOOPVOL_FAILPOINT`, see the crash tests).
+pub fn spawn(socket: &Path, pool: &Path, root: &Path, extra: &[String], failpoint: Option<&str>) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join("server.log")).expect("log file");
-    Command::new(EXE)
-        .arg("--endpoint")
+    let mut cmd = Command::new(EXE);
+    cmd.arg("--endpoint")
         .arg(format!("unix://{}", socket.display()))
         .args(["--node-id", NODE])
         .arg("--pool")
         .arg(pool)
         .args(extra)
         .env("RUST_LOG", "info")
+        .env_remove(loopvol_backend::failpoint::ENV)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start loopvol-csi")
+        .stderr(log);
+    if let Some(point) = failpoint {
+        cmd.env(loopvol_backend::failpoint::ENV, point);
+    }
+    cmd.spawn().expect("start loopvol-csi")
 }
 
-async fn connect(socket: &Path, root: &Path) -> Channel {
+/// A channel to the server at `socket`, once it listens.
+pub async fn connect(socket: &Path, root: &Path) -> Channel {
     // Readiness wait, not a timing assertion: the server binds after opening
     // and reconciling the pool.
-    for _ in 0..1000 {
+    for _ in 0..1500 {
         if socket.exists() {
             let path = socket.to_path_buf();
             let channel = Endpoint::try_from("http://[::]:50051")
