@@ -730,3 +730,33 @@ fn reconcile_removes_temp_files_of_dead_writers_only() {
     }
     assert!(busy.exists(), "a live writer's temp file is kept");
 }
+
+/// After an unmount, udev and blkid open the loop device for a moment, and
+/// the kernel releases an autoclear device only when they close it. A
+/// DeleteVolume right after NodeUnstage (as csi-sanity and csi-bench send
+/// them) waits for that instead of answering "in use" (seen in csi-bench's
+/// publish storm).
+#[test]
+fn delete_right_after_unstage_waits_for_the_device_to_be_released() {
+    if !privileged("delete_right_after_unstage_waits_for_the_device_to_be_released") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let pool = Pool::open(&sandbox.path().join("pool"), PoolOptions::default()).unwrap();
+    let id = loopvol_test_support::create_volume(&pool, "linger");
+    let staging = sandbox.path().join("staging");
+    loopvol_test_support::stage_volume(&pool, &id, &staging);
+    let device = pool.node_state(&id).unwrap().staged.unwrap().device;
+    // Held open as udev holds it after the umount event.
+    let holder = fs::File::open(&device).unwrap();
+    pool.unstage(&id, &staging, false).unwrap();
+    assert!(loopvol_test_support::loop_devices().iter().any(|(d, _)| *d == device), "the device lingers");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        drop(holder);
+    });
+    pool.delete_volume(&id).unwrap();
+    release.join().unwrap();
+    assert!(matches!(pool.volume(&id), Err(Error::VolumeNotFound(_))));
+    assert!(!pool.volume_image_path(&id).exists());
+}

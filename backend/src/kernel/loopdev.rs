@@ -487,6 +487,8 @@ pub struct LoopEntry {
     /// The backing file's path as sysfs reports it (" (deleted)" stripped):
     /// a name for reports and a candidate for lookups, never proof of identity.
     pub backing_path: PathBuf,
+    /// LO_FLAGS_AUTOCLEAR: the kernel releases it when its last opener goes.
+    pub autoclear: bool,
 }
 
 /// The identity of a file to compare with [`LoopEntry::backing`]; None when
@@ -522,12 +524,13 @@ pub fn list() -> Result<Vec<LoopEntry>> {
             Err(e) if matches!(errno_of(&e), Errno::ENOENT | Errno::ENXIO | Errno::ENODEV) => continue,
             Err(e) => return Err(Error::io("open loop device", &device.path, e)),
         };
-        let Some((backing, _)) = status(&file, &device.path)? else { continue };
+        let Some((backing, flags)) = status(&file, &device.path)? else { continue };
         let rdev = file.metadata().map(|m| m.rdev()).unwrap_or(0);
         let sys = format!("/sys/block/loop{number}/loop/backing_file");
         let backing_path = std::fs::read_to_string(sys).unwrap_or_default();
         let backing_path = PathBuf::from(backing_path.trim_end().trim_end_matches(" (deleted)"));
-        out.push(LoopEntry { device, rdev: (libc::major(rdev), libc::minor(rdev)), backing, backing_path });
+        let autoclear = flags & sys::LO_FLAGS_AUTOCLEAR != 0;
+        out.push(LoopEntry { device, rdev: (libc::major(rdev), libc::minor(rdev)), backing, backing_path, autoclear });
     }
     Ok(out)
 }
@@ -550,6 +553,23 @@ fn bound_numbers() -> Result<Vec<u32>> {
         }
     }
     Ok(numbers)
+}
+
+/// Waits (polling, at most `wait`) until no loop device is backed by the file
+/// with identity `backing` any more; returns whether that happened. An
+/// autoclear device whose mount just went is released by the kernel only once
+/// its last opener (udev, blkid probing after the umount event) closes it.
+pub fn wait_released(backing: FileId, wait: std::time::Duration) -> Result<bool> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if !list()?.iter().any(|e| e.backing == backing) {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Detaches `device` with LOOP_CLR_FD. Idempotent: a device that is already

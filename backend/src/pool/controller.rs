@@ -56,6 +56,10 @@ pub struct ExpandOutcome {
     pub node_expansion_required: bool,
 }
 
+/// How long a delete waits for an autoclear loop device that nothing mounts
+/// any more to be released by the kernel.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Prefixes of IDs derived by hashing a name that is not itself a valid ID.
 const VOLUME_ID_PREFIX: &str = "lv-";
 const SNAPSHOT_ID_PREFIX: &str = "ls-";
@@ -200,10 +204,15 @@ impl Pool {
                 return Err(Error::VolumeInUse { id: id.into(), reason: "it is staged or published".into() });
             }
             if let Some(dev) = live.device {
-                return Err(Error::VolumeInUse {
-                    id: id.into(),
-                    reason: format!("attached to {}", dev.path.display()),
-                });
+                // Unstaged a moment ago: the autoclear device goes once udev
+                // and blkid close it. Anything else keeps the volume in use.
+                let releasing = self.releasing_device(id)?;
+                if !(releasing && loopdev::wait_released(self.image_id(id)?, RELEASE_WAIT)?) {
+                    return Err(Error::VolumeInUse {
+                        id: id.into(),
+                        reason: format!("attached to {}", dev.path.display()),
+                    });
+                }
             }
             record::remove(&self.volume_record_path(id))?;
         }
@@ -211,6 +220,20 @@ impl Pool {
         record::remove(&image)?;
         tracing::info!(volume = %id, "volume deleted");
         Ok(())
+    }
+
+    /// Whether the volume's only loop device is an autoclear one that nothing
+    /// mounts: the tail of an unstage, which the kernel finishes on its own.
+    fn releasing_device(&self, id: &str) -> Result<bool> {
+        let Some(backing) = loopdev::file_id(&self.volume_image_path(id)) else { return Ok(false) };
+        let view = super::live::KernelView::read()?;
+        let devices: Vec<_> = view.loops.iter().filter(|e| e.backing == backing).collect();
+        Ok(!devices.is_empty() && devices.iter().all(|e| e.autoclear && view.mount_points_of(e).is_empty()))
+    }
+
+    fn image_id(&self, id: &str) -> Result<loopdev::FileId> {
+        let image = self.volume_image_path(id);
+        loopdev::file_id(&image).ok_or_else(|| Error::VolumeNotFound(id.to_string()))
     }
 
     /// Grows a volume's image (and its loop device, when attached). Requesting
