@@ -27,6 +27,8 @@
 # subset of direct-thin direct-thick buffered-thin buffered-thick).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
 ROOT=$PWD
 
 RUNTIME=${RUNTIME:-6}
@@ -267,20 +269,7 @@ SOCK=$TMP/csi.sock POOL=$TMP/pool WORK=$TMP/work HOSTDIR=$TMP/host RES=$TMP/resu
 mkdir -p "$WORK" "$HOSTDIR" "$RES"
 LIVE=() # volumes made and not yet removed
 
-start_driver() {
-  # setsid: a Ctrl-C on the terminal must reach csi-bench (which undoes its
-  # work through the driver), not the driver itself.
-  setsid "$CSI" --endpoint "unix://$SOCK" --pool "$POOL" --node-id bench-node \
-    >>"$TMP/driver.log" 2>&1 </dev/null &
-  echo $! >"$PIDFILE"
-}
 
-stop_driver() {
-  local pid
-  pid=$(cat "$PIDFILE" 2>/dev/null) || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  while [ -e "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do sleep 0.005; done
-}
 
 bench() {
   "$BENCH" --endpoint "unix://$SOCK" --work-dir "$WORK" "$@"
@@ -299,37 +288,11 @@ cleanup() {
   done
   stop_driver
   # Safety net: anything a crash left behind.
-  grep -o " ${TMP}[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
-  for f in /sys/block/loop*/loop/backing_file; do
-    [ -e "$f" ] || continue
-    case "$(cat "$f" 2>/dev/null)" in "$POOL"/*)
-      dev=/dev/$(basename "$(dirname "$(dirname "$f")")")
-      echo "detaching leaked $dev" >&2
-      losetup -d "$dev"
-      ;;
-    esac
-  done
-  if grep -q " $TMP" /proc/self/mountinfo; then
-    echo "still mounted below $TMP; left in place" >&2
-  else
-    rm -rf "$TMP"
-  fi
+  sweep_leftovers "$POOL"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_quiet() {
-  [ "$QUIET_WAIT" -gt 0 ] || return 0
-  local waited=0 cpu io
-  while [ "$waited" -lt "$QUIET_WAIT" ]; do
-    cpu=$(awk '/^some/ {sub("avg10=", "", $2); print int($2)}' /proc/pressure/cpu 2>/dev/null || echo 0)
-    io=$(awk '/^some/ {sub("avg10=", "", $2); print int($2)}' /proc/pressure/io 2>/dev/null || echo 0)
-    if [ "$cpu" -lt 10 ] && [ "$io" -lt 5 ]; then return 0; fi
-    sleep 2
-    waited=$((waited + 2))
-  done
-  echo "   (machine still busy after ${QUIET_WAIT}s: cpu pressure ${cpu}%, io ${io}%; measuring anyway)"
-}
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 LOAD_BEFORE=$(loadavg)

@@ -26,6 +26,8 @@
 # its install.sh unpacks, default ${TMPDIR:-/tmp}/loopvol-peers).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
 ROOT=$PWD
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -78,13 +80,6 @@ SOCK=$TMP/csi.sock POOL=$TMP/pool WORK=$TMP/work PIDFILE=$TMP/driver.pid
 HP_SOCK=$TMP/hostpath.sock HP_STATE=$TMP/hostpath-state HP_PIDFILE=$TMP/hostpath.pid
 mkdir -p "$WORK"
 
-start_driver() {
-  # setsid: a Ctrl-C on the terminal must reach csi-bench (which then undoes
-  # its work through the driver), not the driver itself.
-  setsid "$CSI" --endpoint "unix://$SOCK" --pool "$POOL" --node-id bench-node \
-    >>"$TMP/driver.log" 2>&1 </dev/null &
-  echo $! >"$PIDFILE"
-}
 
 # The reference: hostpathplugin with its defaults (as csi-driver-host-path
 # deploys it), its volumes below $HP_STATE (directories in mount mode; in
@@ -95,36 +90,13 @@ start_hostpath() {
   echo $! >"$HP_PIDFILE"
 }
 
-# Stops the driver whose PID is in the file $1 (default $PIDFILE) and waits
-# until it is gone (a zombie counts as gone: it may be this script's unreaped
-# child).
-stop_driver() {
-  local pid
-  pid=$(cat "${1:-$PIDFILE}" 2>/dev/null) || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  while [ -e "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do sleep 0.005; done
-}
 
 cleanup() {
   set +e
   stop_driver
   stop_driver "$HP_PIDFILE"
-  # Safety net: anything a crashed benchmark left behind.
-  grep -o " $TMP[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
-  for f in /sys/block/loop*/loop/backing_file; do
-    [ -e "$f" ] || continue
-    case "$(cat "$f")" in "$TMP"/*)
-      dev=/dev/$(basename "$(dirname "$(dirname "$f")")")
-      echo "detaching leaked $dev" >&2
-      losetup -d "$dev"
-      ;;
-    esac
-  done
-  if grep -q " $TMP" /proc/self/mountinfo; then
-    echo "still mounted below $TMP; left in place" >&2
-  else
-    rm -rf "$TMP"
-  fi
+  # Safety net: anything a crash left behind.
+  sweep_leftovers "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -140,20 +112,6 @@ echo \$! >"$PIDFILE"
 EOF
 chmod +x "$TMP/restart.sh"
 
-# Other engineers' builds share these two cores and the disk; wait (up to
-# QUIET_WAIT s) until the CPU and I/O pressure of the last 10 s are low.
-wait_quiet() {
-  [ "$QUIET_WAIT" -gt 0 ] || return 0
-  local waited=0 cpu io
-  while [ "$waited" -lt "$QUIET_WAIT" ]; do
-    cpu=$(awk '/^some/ {sub("avg10=", "", $2); print int($2)}' /proc/pressure/cpu 2>/dev/null || echo 0)
-    io=$(awk '/^some/ {sub("avg10=", "", $2); print int($2)}' /proc/pressure/io 2>/dev/null || echo 0)
-    if [ "$cpu" -lt 10 ] && [ "$io" -lt 5 ]; then return 0; fi
-    sleep 2
-    waited=$((waited + 2))
-  done
-  echo "   (machine still busy after ${QUIET_WAIT}s: cpu pressure ${cpu}%, io ${io}%; measuring anyway)"
-}
 
 bench() {
   local name=$1
