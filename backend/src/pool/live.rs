@@ -170,7 +170,10 @@ impl Pool {
         let pool = self.pool_condition()?;
         vols.iter()
             .map(|vol| {
-                let state = self.node_state(&vol.id).unwrap_or_default();
+                // The caller has the record: read only the state file (the
+                // record again only for a version 1 one without it).
+                let state =
+                    self.read_state_file(&vol.id).unwrap_or_else(|| self.node_state(&vol.id).unwrap_or_default());
                 Ok(pool.clone().unwrap_or_else(|| self.condition_of(vol, &state, &self.live(vol, &state, &view))))
             })
             .collect()

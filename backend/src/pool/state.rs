@@ -63,7 +63,7 @@ impl Pool {
     /// The state file; None when there is none. A state file that does not
     /// parse (a power loss caught it mid-write) reads as empty: the mounts it
     /// described died with the machine, and the kernel is asked anyway.
-    fn read_state_file(&self, id: &str) -> Option<NodeState> {
+    pub(crate) fn read_state_file(&self, id: &str) -> Option<NodeState> {
         match record::read::<NodeState>(&self.node_state_path(id)) {
             Ok(state) => state,
             Err(e) => {
