@@ -8,10 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use loopvol_backend::{
-    AccessType, CapacityRange, CreateVolume, Error, FsType, Lifecycle, Pool, PoolOptions, StageRequest,
-};
-use loopvol_test_support::{privileged, Sandbox};
+use loopvol_backend::{AccessType, CreateVolume, Error, FsType, Pool, PoolOptions, StageRequest};
+use loopvol_test_support::{privileged, volume_request, Sandbox};
 
 const MIB: u64 = 1 << 20;
 
@@ -29,18 +27,7 @@ fn small_fs(sandbox: &Sandbox) -> PathBuf {
 }
 
 fn request(name: &str, size: u64) -> CreateVolume {
-    CreateVolume {
-        name: name.into(),
-        id: None,
-        capacity: CapacityRange { required: size, limit: 0 },
-        fs_type: Some(FsType::Ext4),
-        access_type: AccessType::Mount,
-        thick: false,
-        source: None,
-        parameters: Default::default(),
-        lifecycle: Lifecycle::Persistent,
-        direct_io: true,
-    }
+    volume_request(name, size, Some(FsType::Ext4))
 }
 
 /// Writes 1 MiB chunks until the write fails or `stop` says so; returns the

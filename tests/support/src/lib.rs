@@ -110,22 +110,31 @@ pub fn attach_loop_device(image: &Path) -> PathBuf {
     test_hooks::attach_loop_device(image).expect("attach a loop device")
 }
 
-/// A 32 MiB mount volume of the pool's default filesystem, named `name`.
-pub fn create_volume(pool: &loopvol_backend::Pool, name: &str) -> String {
+/// A request for a thin, persistent mount volume named `name` (None: the
+/// pool's default filesystem).
+pub fn volume_request(
+    name: &str,
+    size: u64,
+    fs_type: Option<loopvol_backend::FsType>,
+) -> loopvol_backend::CreateVolume {
     use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Lifecycle};
-    let req = CreateVolume {
+    CreateVolume {
         name: name.into(),
         id: None,
-        capacity: CapacityRange { required: 32 << 20, limit: 0 },
-        fs_type: None,
+        capacity: CapacityRange { required: size, limit: 0 },
+        fs_type,
         access_type: AccessType::Mount,
         thick: false,
         source: None,
         parameters: Default::default(),
         lifecycle: Lifecycle::Persistent,
         direct_io: true,
-    };
-    pool.create_volume(&req).expect("create a volume").id
+    }
+}
+
+/// A 32 MiB mount volume of the pool's default filesystem, named `name`.
+pub fn create_volume(pool: &loopvol_backend::Pool, name: &str) -> String {
+    pool.create_volume(&volume_request(name, 32 << 20, None)).expect("create a volume").id
 }
 
 /// Stages a mount volume read-write at `staging`.
