@@ -28,6 +28,7 @@ fn main() {
         mount_options: vec![],
     };
     let publish = PublishRequest {
+        pod_uid: None,
         staging_path: staging.clone(),
         target_path: target.clone(),
         access_type: AccessType::Mount,
@@ -44,6 +45,7 @@ fn main() {
         let t = Instant::now();
         let vol = pool
             .create_volume(&CreateVolume {
+                io_limits: Default::default(),
                 name: format!("bench-{round}"),
                 id: None,
                 capacity: CapacityRange { required: 10 << 30, limit: 0 },

@@ -106,6 +106,7 @@ fn bench(fs: &'static str, size: u64) -> Row {
     let pool = Pool::open(&mnt, PoolOptions::default()).expect("open pool");
     let vol = pool
         .create_volume(&CreateVolume {
+            io_limits: Default::default(),
             name: "bench".into(),
             id: None,
             capacity: CapacityRange { required: size, limit: 0 },

@@ -34,4 +34,4 @@ pub use pool::{
     NodeState, Pool, PoolOptions, PrivateMount, PublishRecord, PublishRequest, Snapshot, SnapshotRanges, Source,
     StageRecord, StageRequest, TrimOutcome, Volume, VolumeStats, SNAPSHOT_RECORD_VERSION, VOLUME_RECORD_VERSION,
 };
-pub use types::{AccessType, Condition, Usage};
+pub use types::{AccessType, Condition, IoLimits, Usage};

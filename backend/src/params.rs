@@ -1,7 +1,8 @@
 //! Volume parameters from every front end, parsed in one place: StorageClass
 //! parameters (CSI CreateVolume, and the requests that only check them), the
 //! volume attributes of CSI ephemeral inline volumes, and FlexVolume options
-//! (which `migrate-flexvolume` reads too). Each source names the same
+//! (which `migrate-flexvolume` reads too), and the mutable parameters of
+//! ModifyVolume (a VolumeAttributesClass). Each source names the same
 //! settings with its own keys ([`Dialect`]); the values mean the same
 //! everywhere, and every boolean goes through [`parse_bool`].
 
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::filesystem::FsType;
 use crate::quantity;
+use crate::types::IoLimits;
 
 /// Where a set of parameters comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,9 @@ pub enum Dialect {
     /// PV's `flexVolume.options`). Keys of no concern to the volume (pod
     /// information, secrets, FlexVolume's own keys) are left to the caller.
     FlexVolume,
+    /// Mutable parameters (CSI `mutable_parameters`: a VolumeAttributesClass's
+    /// `parameters`): only [`MUTABLE_KEYS`]; any other key is refused by name.
+    Mutable,
 }
 
 /// StorageClass: the filesystem type.
@@ -37,6 +42,14 @@ pub const DIRECT_IO: &str = "directIO";
 pub const SIZE: &str = "size";
 /// FlexVolume: comma-separated mount options of the staging mount.
 pub const MOUNT_OPTIONS: &str = "mountOptions";
+/// I/O limits (Kubernetes quantities; 0 or absent: unlimited).
+pub const READ_IOPS: &str = "readIOPS";
+pub const WRITE_IOPS: &str = "writeIOPS";
+pub const READ_BYTES_PER_SECOND: &str = "readBytesPerSecond";
+pub const WRITE_BYTES_PER_SECOND: &str = "writeBytesPerSecond";
+/// What ModifyVolume may change on a live volume.
+pub const MUTABLE_KEYS: &[&str] =
+    &[DIRECT_IO, THICK, READ_IOPS, WRITE_IOPS, READ_BYTES_PER_SECOND, WRITE_BYTES_PER_SECOND];
 /// The sidecars' (and kubelet's) key prefix.
 pub const K8S_PREFIX: &str = "csi.storage.k8s.io/";
 /// The fs type external-provisioner passes (`--extra-create-metadata`, `csi.storage.k8s.io/fstype`).
@@ -51,7 +64,22 @@ pub const FLEX_PV_OR_VOLUME_NAME: &str = "kubernetes.io/pvOrVolumeName";
 /// FlexVolume: create the volume when missing (default true).
 pub const FLEX_CREATE: &str = "create";
 /// The options a FlexVolume PV may carry that loopvol understands.
-pub const FLEX_VOLUME_OPTIONS: &[&str] = &[FLEX_VOLUME_ID, SIZE, FLEX_CREATE, MOUNT_OPTIONS, THICK, DIRECT_IO];
+pub const FLEX_VOLUME_OPTIONS: &[&str] = &[
+    FLEX_VOLUME_ID,
+    SIZE,
+    FLEX_CREATE,
+    MOUNT_OPTIONS,
+    THICK,
+    DIRECT_IO,
+    READ_IOPS,
+    WRITE_IOPS,
+    READ_BYTES_PER_SECOND,
+    WRITE_BYTES_PER_SECOND,
+];
+/// FlexVolume: the UID of the pod the volume is mounted for (kubelet's key).
+pub const FLEX_POD_UID: &str = "kubernetes.io/pod.uid";
+/// CSI NodePublish volume context with `podInfoOnMount`: the pod's UID.
+pub const K8S_POD_UID: &str = "csi.storage.k8s.io/pod.uid";
 
 /// What the parameters say about the volume. None: not given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,6 +89,8 @@ pub struct VolumeParams {
     pub direct_io: Option<bool>,
     pub size: Option<u64>,
     pub mount_options: Vec<String>,
+    /// The I/O limit keys that were given.
+    pub io_limits: IoLimitParams,
     /// What a StorageClass volume's record keeps (the sidecars' keys dropped).
     pub kept: BTreeMap<String, String>,
 }
@@ -84,6 +114,10 @@ impl VolumeParams {
                 }
                 (_, THICK) => out.thick = parse_bool(key, value)?,
                 (_, DIRECT_IO) => out.direct_io = parse_bool(key, value)?,
+                (_, READ_IOPS) => out.io_limits.read_iops = Some(limit(key, value)?),
+                (_, WRITE_IOPS) => out.io_limits.write_iops = Some(limit(key, value)?),
+                (_, READ_BYTES_PER_SECOND) => out.io_limits.read_bytes_per_second = Some(limit(key, value)?),
+                (_, WRITE_BYTES_PER_SECOND) => out.io_limits.write_bytes_per_second = Some(limit(key, value)?),
                 (Dialect::EphemeralVolume | Dialect::FlexVolume, SIZE) => out.size = size(key, value)?,
                 (Dialect::FlexVolume, MOUNT_OPTIONS) => {
                     out.mount_options =
@@ -93,6 +127,12 @@ impl VolumeParams {
                 (Dialect::FlexVolume, _) => continue,
                 (Dialect::StorageClass, _) => return Err(invalid(key, "unknown parameter")),
                 (Dialect::EphemeralVolume, _) => return Err(invalid(key, "unknown volume attribute")),
+                (Dialect::Mutable, _) => {
+                    return Err(invalid(
+                        key,
+                        &format!("not a mutable parameter (mutable: {})", MUTABLE_KEYS.join(", ")),
+                    ))
+                }
             }
             if dialect == Dialect::StorageClass {
                 out.kept.insert(key.to_string(), value.to_string());
@@ -108,6 +148,27 @@ impl VolumeParams {
     ) -> Result<VolumeParams> {
         let pairs: Vec<(K, V)> = params.into_iter().collect();
         VolumeParams::parse(pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())), dialect)
+    }
+}
+
+/// The I/O limits a set of parameters names; None: not given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoLimitParams {
+    pub read_iops: Option<u64>,
+    pub write_iops: Option<u64>,
+    pub read_bytes_per_second: Option<u64>,
+    pub write_bytes_per_second: Option<u64>,
+}
+
+impl IoLimitParams {
+    /// `base` with the given limits in place of its own.
+    pub fn over(&self, base: IoLimits) -> IoLimits {
+        IoLimits {
+            read_iops: self.read_iops.unwrap_or(base.read_iops),
+            write_iops: self.write_iops.unwrap_or(base.write_iops),
+            read_bytes_per_second: self.read_bytes_per_second.unwrap_or(base.read_bytes_per_second),
+            write_bytes_per_second: self.write_bytes_per_second.unwrap_or(base.write_bytes_per_second),
+        }
     }
 }
 
@@ -156,6 +217,24 @@ fn size(key: &str, value: &str) -> Result<Option<u64>> {
             &format!("{:?} is not a quantity like 1Gi: {}", crate::id::truncate(value.trim()), crate::id::truncate(&e)),
         )),
     }
+}
+
+/// An I/O limit: a non-negative Kubernetes quantity (`500`, `2k`, `10Mi`);
+/// 0 and empty are unlimited.
+fn limit(key: &str, value: &str) -> Result<u64> {
+    if value.trim().is_empty() {
+        return Ok(0);
+    }
+    quantity::parse(value.trim()).map_err(|e| {
+        invalid(
+            key,
+            &format!(
+                "{:?} is not a quantity like 500 or 10Mi: {}",
+                crate::id::truncate(value.trim()),
+                crate::id::truncate(&e)
+            ),
+        )
+    })
 }
 
 fn invalid(key: &str, reason: &str) -> Error {
@@ -259,6 +338,44 @@ mod tests {
         }
         let e = parse(&[(&long, "v")], Dialect::StorageClass).unwrap_err().to_string();
         assert!(e.len() < 400, "{} bytes", e.len());
+    }
+
+    #[test]
+    fn mutable_parameters_are_only_the_mutable_keys() {
+        let p = parse(
+            &[("directIO", "false"), ("thick", "true"), ("readIOPS", "2k"), ("writeBytesPerSecond", "10Mi")],
+            Dialect::Mutable,
+        )
+        .unwrap();
+        assert_eq!((p.direct_io, p.thick), (Some(false), Some(true)));
+        assert_eq!(p.io_limits.read_iops, Some(2000));
+        assert_eq!(p.io_limits.write_bytes_per_second, Some(10 << 20));
+        assert_eq!(p.io_limits.write_iops, None);
+        assert!(p.kept.is_empty());
+        // Absent limits are unlimited over nothing, and keep a base's otherwise.
+        let base = IoLimits { write_iops: 7, read_iops: 1, ..IoLimits::default() };
+        assert_eq!(
+            p.io_limits.over(base),
+            IoLimits { read_iops: 2000, write_iops: 7, read_bytes_per_second: 0, write_bytes_per_second: 10 << 20 }
+        );
+        assert_eq!(parse(&[("readIOPS", "0")], Dialect::Mutable).unwrap().io_limits.read_iops, Some(0));
+        for bad in [("fsType", "xfs"), ("size", "1Gi"), ("csi.storage.k8s.io/fstype", "xfs"), ("colour", "red")] {
+            let e = parse(&[bad], Dialect::Mutable).unwrap_err();
+            assert!(matches!(&e, Error::InvalidParameter { key, .. } if key == bad.0), "{bad:?}: {e}");
+            assert!(e.to_string().contains("not a mutable parameter"), "{e}");
+        }
+        for bad in [("readIOPS", "-1"), ("writeIOPS", "fast"), ("readBytesPerSecond", "1.5.0"), ("directIO", "on")] {
+            let e = parse(&[bad], Dialect::Mutable).unwrap_err();
+            assert!(matches!(&e, Error::InvalidParameter { key, .. } if key == bad.0), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn io_limits_in_storage_classes_and_flexvolume_options() {
+        for dialect in [Dialect::StorageClass, Dialect::FlexVolume, Dialect::EphemeralVolume] {
+            let p = parse(&[("writeIOPS", "300")], dialect).unwrap();
+            assert_eq!(p.io_limits.write_iops, Some(300), "{dialect:?}");
+        }
     }
 
     #[test]

@@ -21,6 +21,27 @@ impl AccessType {
     }
 }
 
+/// Per-volume I/O limits, applied on this node to the cgroup of every pod
+/// that publishes the volume (cgroup v2 `io.max`, v1 `blkio.throttle.*`).
+/// 0 is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoLimits {
+    #[serde(default)]
+    pub read_iops: u64,
+    #[serde(default)]
+    pub write_iops: u64,
+    #[serde(default)]
+    pub read_bytes_per_second: u64,
+    #[serde(default)]
+    pub write_bytes_per_second: u64,
+}
+
+impl IoLimits {
+    pub fn is_unlimited(&self) -> bool {
+        *self == IoLimits::default()
+    }
+}
+
 /// Usage of a mounted volume, from statfs(2).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {

@@ -17,6 +17,7 @@ const MIB: u64 = 1 << 20;
 
 fn create(pool: &Pool, name: &str, fs: FsType, size: u64, direct_io: bool) -> Volume {
     pool.create_volume(&CreateVolume {
+        io_limits: Default::default(),
         name: name.into(),
         id: None,
         capacity: CapacityRange { required: size, limit: 0 },

@@ -30,6 +30,7 @@ fn options() -> PoolOptions {
 
 fn create_req(name: &str, size: u64, access_type: AccessType, thick: bool) -> CreateVolume {
     CreateVolume {
+        io_limits: Default::default(),
         name: name.into(),
         id: None,
         capacity: CapacityRange { required: size, limit: 0 },
@@ -49,6 +50,7 @@ fn stage_req(staging: &Path, access_type: AccessType) -> StageRequest {
 
 fn publish_req(staging: &Path, target: &Path, access_type: AccessType) -> PublishRequest {
     PublishRequest {
+        pod_uid: None,
         staging_path: staging.into(),
         target_path: target.into(),
         access_type,

@@ -53,6 +53,7 @@ impl Env {
 
 fn create_req(name: &str, size: u64, fs_type: Option<FsType>, access_type: AccessType) -> CreateVolume {
     CreateVolume {
+        io_limits: Default::default(),
         name: name.into(),
         id: None,
         capacity: CapacityRange { required: size, limit: 0 },
@@ -72,6 +73,7 @@ fn stage_req(staging: &Path, access_type: AccessType, read_only: bool) -> StageR
 
 fn publish_req(staging: &Path, target: &Path, access_type: AccessType, read_only: bool) -> PublishRequest {
     PublishRequest {
+        pod_uid: None,
         staging_path: staging.into(),
         target_path: target.into(),
         access_type,

@@ -15,6 +15,7 @@ const MIB: u64 = 1 << 20;
 
 fn create(pool: &Pool, name: &str, thick: bool, source: Option<Source>) -> String {
     pool.create_volume(&CreateVolume {
+        io_limits: Default::default(),
         name: name.into(),
         id: None,
         capacity: CapacityRange { required: 256 * MIB, limit: 0 },

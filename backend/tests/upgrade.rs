@@ -112,6 +112,7 @@ fn old_volumes_stage_publish_and_end_as_their_lifecycle_says() {
         };
         pool.stage("flex-data", &stage).unwrap();
         let publish = PublishRequest {
+            pod_uid: None,
             staging_path: staging.clone(),
             target_path: target.clone(),
             access_type: AccessType::Mount,
@@ -130,6 +131,7 @@ fn old_volumes_stage_publish_and_end_as_their_lifecycle_says() {
         let eph_target = work.join("pods/p2/eph");
         let mount = PrivateMount {
             volume: loopvol_backend::CreateVolume {
+                io_limits: Default::default(),
                 name: "csi-eph1".into(),
                 id: Some("csi-eph1".into()),
                 capacity: loopvol_backend::CapacityRange::default(),
@@ -142,6 +144,7 @@ fn old_volumes_stage_publish_and_end_as_their_lifecycle_says() {
                 direct_io: true,
             },
             create: false,
+            pod_uid: None,
             staging_root: None,
             target_path: eph_target.clone(),
             fs_type: None,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use loopvol_backend::params::{Dialect, VolumeParams};
-use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Lifecycle, Snapshot, Source, Volume};
+use loopvol_backend::{AccessType, CapacityRange, CreateVolume, IoLimits, Lifecycle, Snapshot, Source, Volume};
 use loopvol_proto::v1 as csi;
 use loopvol_proto::v1::controller_server::Controller;
 use loopvol_proto::v1::controller_service_capability::rpc::Type as CapType;
@@ -60,7 +60,7 @@ fn condition(c: loopvol_backend::Condition) -> csi::VolumeCondition {
     csi::VolumeCondition { abnormal: c.abnormal, message: c.message }
 }
 
-const CAPABILITIES: [CapType; 11] = [
+const CAPABILITIES: [CapType; 12] = [
     CapType::CreateDeleteVolume,
     CapType::ListVolumes,
     CapType::GetCapacity,
@@ -72,6 +72,7 @@ const CAPABILITIES: [CapType; 11] = [
     CapType::GetVolume,
     CapType::VolumeCondition,
     CapType::SingleNodeMultiWriter,
+    CapType::ModifyVolume,
 ];
 
 #[tonic::async_trait]
@@ -84,6 +85,7 @@ impl Controller for ControllerService {
         required(&req.name, "name")?;
         let wanted = capability::require_all(&req.volume_capabilities)?;
         let params = storage_class(&req.parameters)?;
+        let mutable = mutable(&req.mutable_parameters)?;
         let range = req.capacity_range.unwrap_or_default();
         let capacity = CapacityRange {
             required: bytes(range.required_bytes, "required_bytes")?,
@@ -106,6 +108,7 @@ impl Controller for ControllerService {
             Some(SourceType::Volume(v)) => Some(Source::Volume(required(&v.volume_id, "volume_id")?.to_string())),
         };
         let create = CreateVolume {
+            io_limits: mutable.io_limits.over(params.io_limits.over(IoLimits::default())),
             name: req.name,
             id: None,
             capacity,
@@ -115,11 +118,13 @@ impl Controller for ControllerService {
                 AccessType::Block => None,
             },
             access_type: wanted.access_type,
-            thick: params.thick.unwrap_or(false),
+            // The VolumeAttributesClass's mutable parameters win over the
+            // StorageClass's, key by key.
+            thick: mutable.thick.or(params.thick).unwrap_or(false),
             source,
             parameters: params.kept,
             lifecycle: Lifecycle::Persistent,
-            direct_io: params.direct_io.unwrap_or(true),
+            direct_io: mutable.direct_io.or(params.direct_io).unwrap_or(true),
         };
         let vol = self.0.run(move |pool| pool.create_volume(&create)).await?;
         Ok(Response::new(csi::CreateVolumeResponse { volume: Some(self.csi_volume(&vol)) }))
@@ -167,6 +172,7 @@ impl Controller for ControllerService {
             checked.push(wanted);
         }
         params_ok(&req.parameters)?;
+        mutable(&req.mutable_parameters)?;
         let vol = self.0.run(move |pool| pool.volume(&id)).await?;
         for wanted in &checked {
             if wanted.access_type != vol.access_type {
@@ -183,7 +189,7 @@ impl Controller for ControllerService {
                     volume_context: req.volume_context,
                     volume_capabilities: req.volume_capabilities,
                     parameters: req.parameters,
-                    mutable_parameters: HashMap::new(),
+                    mutable_parameters: req.mutable_parameters,
                 }),
                 message: String::new(),
             },
@@ -385,10 +391,35 @@ impl Controller for ControllerService {
 
     async fn controller_modify_volume(
         &self,
-        _: Request<csi::ControllerModifyVolumeRequest>,
+        req: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        Err(Status::unimplemented("loopvol has no mutable parameters (no MODIFY_VOLUME)"))
+        let req = req.into_inner();
+        let id = required(&req.volume_id, "volume_id")?.to_string();
+        let params = mutable(&req.mutable_parameters)?;
+        let defer = self.0.defer_modify_to_node;
+        self.0
+            .run(move |pool| match pool.modify_volume(&id, &params) {
+                // A central resizer's driver does not hold the node's pool:
+                // the owning node applies the PV's new class itself
+                // (`attributes_follower`). The parameters are checked here.
+                Err(loopvol_backend::Error::VolumeNotFound(_))
+                    if defer && loopvol_backend::id::validate(&id).is_ok() =>
+                {
+                    tracing::info!(volume = %id, "not in this pool: the owning node applies the new parameters");
+                    Ok(())
+                }
+                other => other.map(|_| ()),
+            })
+            .await?;
+        Ok(Response::new(csi::ControllerModifyVolumeResponse {}))
     }
+}
+
+/// Mutable parameters (ModifyVolume, CreateVolume's `mutable_parameters`),
+/// checked by the backend's one parser: INVALID_ARGUMENT names a key that is
+/// not mutable.
+fn mutable(params: &HashMap<String, String>) -> Result<VolumeParams, Status> {
+    VolumeParams::parse_map(params, Dialect::Mutable).map_err(crate::status::to_status)
 }
 
 /// Parameters of requests that only check them (ValidateVolumeCapabilities,

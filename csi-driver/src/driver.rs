@@ -21,6 +21,9 @@ pub struct Driver {
     /// ControllerExpandVolume of a volume this pool does not hold asks for
     /// node expansion instead of NOT_FOUND (the central resizer's driver).
     pub defer_expansion_to_node: bool,
+    /// ControllerModifyVolume of a volume not in this pool checks the
+    /// parameters and leaves applying them to the owning node.
+    pub defer_modify_to_node: bool,
 }
 
 impl Driver {
@@ -34,6 +37,7 @@ impl Driver {
             advertise_get_snapshot: false,
             topology_key,
             defer_expansion_to_node: false,
+            defer_modify_to_node: false,
         }
     }
 

@@ -107,6 +107,17 @@ struct ServeArgs {
     /// holds the volume grows its image, loop device and filesystem.
     #[arg(long, env = "LOOPVOL_DEFER_EXPANSION_TO_NODE")]
     defer_expansion_to_node: bool,
+    /// For the same Deployment: ControllerModifyVolume of a volume not in
+    /// this driver's pool checks the mutable parameters and answers OK; the
+    /// node that holds the volume applies the PV's new VolumeAttributesClass
+    /// (--follow-volume-attributes-classes).
+    #[arg(long, env = "LOOPVOL_DEFER_MODIFY_TO_NODE")]
+    defer_modify_to_node: bool,
+    /// Where the cgroup filesystems are mounted: the pods' I/O limits
+    /// (mutable parameters readIOPS, writeIOPS, readBytesPerSecond,
+    /// writeBytesPerSecond) are written into their cgroups there.
+    #[arg(long, env = "LOOPVOL_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
     /// Let the pool promise up to this many times its size (thin volumes
     /// overcommitted). 1, the default, reserves every volume's whole size.
     /// An overcommitted pool that runs low on real space (--low-space-percent)
@@ -291,6 +302,7 @@ async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
     let options = PoolOptions {
         overprovision_ratio: args.overprovision_ratio,
         low_space_percent: args.low_space_percent,
+        cgroup_root: args.cgroup_root.clone(),
         ..PoolOptions::default()
     };
     let pool = tokio::task::spawn_blocking(move || {
@@ -306,6 +318,7 @@ async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
     let mut driver = driver::Driver::new(pool, driver_name, node_id, i64::from(args.max_volumes_per_node));
     driver.advertise_get_snapshot = args.advertise_get_snapshot;
     driver.defer_expansion_to_node = args.defer_expansion_to_node;
+    driver.defer_modify_to_node = args.defer_modify_to_node;
     let driver = std::sync::Arc::new(driver);
     if let trim_schedule::Interval(Some(interval)) = args.trim_interval {
         tokio::spawn(trim_schedule::run(driver.clone(), interval));

@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use loopvol_backend::params::{Dialect, VolumeParams};
+use loopvol_backend::params::{self, Dialect, VolumeParams};
 use loopvol_backend::{
-    AccessType, CapacityRange, CreateVolume, Error, Lifecycle, Pool, PrivateMount, PublishRequest, StageRequest,
+    AccessType, CapacityRange, CreateVolume, Error, IoLimits, Lifecycle, Pool, PrivateMount, PublishRequest,
+    StageRequest,
 };
 use loopvol_proto::v1 as csi;
 use loopvol_proto::v1::node_server::Node;
@@ -49,6 +50,7 @@ fn ephemeral_mount(
     let attrs = VolumeParams::parse_map(context, Dialect::EphemeralVolume).map_err(crate::status::to_status)?;
     Ok(PrivateMount {
         volume: CreateVolume {
+            io_limits: attrs.io_limits.over(IoLimits::default()),
             name: id.to_string(),
             id: Some(id.to_string()),
             capacity: CapacityRange { required: attrs.size.unwrap_or(0), limit: 0 },
@@ -71,6 +73,7 @@ fn ephemeral_mount(
         stage_mount_options: publish.mount_options.clone(),
         publish_mount_options: publish.mount_options,
         exclusive: publish.exclusive,
+        pod_uid: publish.pod_uid,
     })
 }
 
@@ -130,6 +133,8 @@ impl Node for NodeService {
         let target = PathBuf::from(required(&req.target_path, "target_path")?);
         let wanted = capability::require(req.volume_capability.as_ref())?;
         let publish = PublishRequest {
+            // podInfoOnMount: the pod whose cgroup gets the I/O limits.
+            pod_uid: req.volume_context.get(params::K8S_POD_UID).filter(|u| !u.is_empty()).cloned(),
             staging_path: PathBuf::from(&req.staging_target_path),
             target_path: target,
             access_type: wanted.access_type,
@@ -255,6 +260,7 @@ mod tests {
 
     fn publish() -> PublishRequest {
         PublishRequest {
+            pod_uid: None,
             staging_path: PathBuf::new(),
             target_path: PathBuf::from("/t"),
             access_type: AccessType::Mount,

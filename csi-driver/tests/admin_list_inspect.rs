@@ -29,6 +29,7 @@ fn json(out: &Output) -> Value {
 
 fn create(pool: &Pool, name: &str, size: u64) -> String {
     let req = CreateVolume {
+        io_limits: Default::default(),
         name: name.into(),
         id: None,
         capacity: CapacityRange { required: size, limit: 0 },

@@ -149,6 +149,7 @@ fn a_blank_fs_type_comes_from_the_pool_record_or_the_flexvolume_config() {
     let pool_dir = dir.path().join("pool");
     let pool = loopvol_backend::Pool::open(&pool_dir, loopvol_backend::PoolOptions::default()).unwrap();
     pool.create_volume(&loopvol_backend::CreateVolume {
+        io_limits: Default::default(),
         name: "xfs-data".into(),
         id: Some("xfs-data".into()),
         capacity: loopvol_backend::CapacityRange { required: 300 << 20, limit: 0 },

@@ -21,6 +21,8 @@ pub struct Config {
     pub attach: bool,
     pub default_fs_type: FsType,
     pub default_size: u64,
+    /// Where the cgroup filesystems are mounted (I/O limits of pods).
+    pub cgroup_root: PathBuf,
 }
 
 impl Default for Config {
@@ -31,6 +33,7 @@ impl Default for Config {
             attach: false,
             default_fs_type: FsType::Ext4,
             default_size: 1 << 30,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         }
     }
 }
@@ -45,6 +48,7 @@ struct RawConfig {
     attach: Option<bool>,
     default_fs_type: Option<String>,
     default_size: Option<SizeValue>,
+    cgroup_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +113,9 @@ pub fn parse(text: &str) -> Result<Config, String> {
     if let Some(dir) = raw.state_dir {
         config.state_dir = absolute("stateDir", dir)?;
     }
+    if let Some(root) = raw.cgroup_root {
+        config.cgroup_root = absolute("cgroupRoot", root)?;
+    }
     if let Some(attach) = raw.attach {
         config.attach = attach;
     }
@@ -169,7 +176,8 @@ mod tests {
     fn defaults_and_full_file() {
         assert_eq!(parse("{}").unwrap(), Config::default());
         let c =
-            parse(r#"{"pool":"/p","stateDir":"/s","attach":true,"defaultFsType":"xfs","defaultSize":"2Gi"}"#).unwrap();
+            parse(r#"{"pool":"/p","stateDir":"/s","attach":true,"defaultFsType":"xfs","defaultSize":"2Gi","cgroupRoot":"/c"}"#)
+                .unwrap();
         assert_eq!(
             c,
             Config {
@@ -177,7 +185,8 @@ mod tests {
                 state_dir: "/s".into(),
                 attach: true,
                 default_fs_type: FsType::Xfs,
-                default_size: 2 << 30
+                default_size: 2 << 30,
+                cgroup_root: "/c".into(),
             }
         );
         assert_eq!(parse(r#"{"defaultSize":4096}"#).unwrap().default_size, 4096);

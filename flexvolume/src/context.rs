@@ -29,6 +29,7 @@ impl Ctx {
             lock_wait: LOCK_WAIT,
             default_size: config.default_size,
             default_fs: config.default_fs_type,
+            cgroup_root: config.cgroup_root.clone(),
             ..PoolOptions::default()
         };
         let pool = Pool::open(&config.pool, options)?;
@@ -43,6 +44,7 @@ impl Ctx {
             parameters.insert(PV_OR_VOLUME_NAME.to_string(), pv.clone());
         }
         CreateVolume {
+            io_limits: opts.io_limits,
             // The name is the ID: inline volume names ("data") repeat across pods.
             name: id.to_string(),
             id: Some(id.to_string()),

@@ -35,6 +35,7 @@ pub fn run(ctx: &Ctx, target: &Path, json: &str) -> FlexResult<Reply> {
             publish_mount_options: Vec::new(),
             // RWO means one node, not one pod: several pods on this node may share it.
             exclusive: false,
+            pod_uid: opts.pod_uid.clone(),
         };
         ctx.pool.mount_private(&req).map(|_| ()).map_err(Into::into)
     };
@@ -51,6 +52,7 @@ fn publish_from_global_dir(ctx: &Ctx, id: &str, target: &Path, opts: &Options) -
         return Err(loopvol_backend::Error::NotStaged { id: id.to_string() }.into());
     };
     let req = PublishRequest {
+        pod_uid: opts.pod_uid.clone(),
         staging_path: staged.staging_path,
         target_path: target.to_path_buf(),
         access_type: AccessType::Mount,

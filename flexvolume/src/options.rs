@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use loopvol_backend::params::{self, Dialect, VolumeParams};
-use loopvol_backend::FsType;
+use loopvol_backend::{FsType, IoLimits};
 
 use crate::config::Config;
 use crate::log;
@@ -59,6 +59,8 @@ pub struct Options {
     pub thick: bool,
     /// Attach with direct I/O where the pool allows (option `directIO`, default true).
     pub direct_io: bool,
+    /// I/O limits for the pods that mount it (options `readIOPS` etc.).
+    pub io_limits: IoLimits,
 }
 
 impl Options {
@@ -106,6 +108,7 @@ impl Options {
         opts.size = volume.size;
         opts.thick = volume.thick.unwrap_or(false);
         opts.direct_io = volume.direct_io.unwrap_or(true);
+        opts.io_limits = volume.io_limits.over(IoLimits::default());
         opts.mount_options = volume.mount_options;
         opts.read_only = match get(READWRITE) {
             None | Some("rw") => false,

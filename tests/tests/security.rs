@@ -216,6 +216,7 @@ fn pool_files_are_private() {
     let sandbox = Sandbox::new();
     let pool = Pool::open(&sandbox.path().join("pool"), PoolOptions::default()).unwrap();
     let req = |name: &str, thick: bool| CreateVolume {
+        io_limits: Default::default(),
         name: name.into(),
         id: None,
         capacity: CapacityRange { required: 16 << 20, limit: 0 },
@@ -358,6 +359,7 @@ fn stage_req(staging: &Path) -> StageRequest {
 
 fn publish_req(staging: &Path, target: &Path) -> PublishRequest {
     PublishRequest {
+        pod_uid: None,
         staging_path: staging.into(),
         target_path: target.into(),
         access_type: AccessType::Mount,
@@ -378,6 +380,7 @@ fn symlinked_targets_are_not_followed() {
     let pool = Pool::open(&dir.join("pool"), PoolOptions::default()).unwrap();
     let vol = pool
         .create_volume(&CreateVolume {
+            io_limits: Default::default(),
             name: "sym".into(),
             id: None,
             capacity: CapacityRange { required: 32 << 20, limit: 0 },

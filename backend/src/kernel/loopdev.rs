@@ -447,6 +447,25 @@ fn set_direct_io(file: &File, device: &LoopDevice, on: bool) -> Result<()> {
     Ok(())
 }
 
+/// Switches an attached device to direct (`on`) or buffered I/O while it is
+/// in use. Returns whether it does direct I/O now: false when the kernel
+/// refuses direct I/O for the backing file (EINVAL), or would have to raise
+/// the device's logical block size for it, which a filesystem made with the
+/// old sector size cannot follow.
+pub fn switch_direct_io(device: &LoopDevice, on: bool, block_size: u32) -> Result<bool> {
+    let file = File::open(&device.path).map_err(|e| Error::io("open", &device.path, e))?;
+    match set_direct_io(&file, device, on) {
+        Ok(()) => {}
+        Err(Error::Sys { errno: Errno::EINVAL, .. }) if on => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    if on && logical_block_size(device).is_some_and(|now| now != block_size) {
+        set_direct_io(&file, device, false)?;
+        return Ok(false);
+    }
+    Ok(uses_direct_io(device))
+}
+
 /// Whether the attached device does direct I/O (sysfs `loop/dio`).
 pub fn uses_direct_io(device: &LoopDevice) -> bool {
     let path = format!("/sys/block/loop{}/loop/dio", device.number);

@@ -4,6 +4,7 @@
 //! front ends reach all of it through [`crate::Pool`]. Nothing here knows
 //! about volumes, records' meaning or locking policy; that is `pool`'s job.
 
+pub(crate) mod cgroup;
 pub(crate) mod copy;
 pub(crate) mod extents;
 pub(crate) mod fstools;

@@ -19,14 +19,15 @@ use crate::error::{Error, Result};
 use crate::filesystem::FsType;
 use crate::id;
 use crate::kernel::record;
-use crate::types::AccessType;
+use crate::types::{AccessType, IoLimits};
 
 /// The volume record version this build writes.
 /// 1: no version field; an ephemeral volume was marked by the parameter
 ///    `csi.storage.k8s.io/ephemeral: "true"`, and node state could be
 ///    embedded (`staged`, `published`) before it moved to `<id>.state`.
 /// 2: `version`, typed `lifecycle`.
-pub const VOLUME_RECORD_VERSION: u32 = 2;
+/// 3: `io_limits` (absent in older records: unlimited, which they were).
+pub const VOLUME_RECORD_VERSION: u32 = 3;
 /// The snapshot and group snapshot record version this build writes.
 pub const SNAPSHOT_RECORD_VERSION: u32 = 1;
 
@@ -102,6 +103,9 @@ pub struct Volume {
     /// created before this was recorded, when every device had 512.
     #[serde(default)]
     pub block_size: Option<u32>,
+    /// I/O limits for the pods that publish it (mutable parameters).
+    #[serde(default)]
+    pub io_limits: IoLimits,
 }
 
 /// A volume record as version 1 may have stored it, node state included.
@@ -158,6 +162,8 @@ fn migrate_volume(path: &Path, mut vol: Volume) -> Result<Volume> {
         }
         vol.version = 2;
     }
+    // 2 -> 3 adds only `io_limits`, whose default is what version 2 meant.
+    vol.version = vol.version.max(3);
     Ok(vol)
 }
 
@@ -303,7 +309,8 @@ mod tests {
             "parameters":{"csi.storage.k8s.io/ephemeral":"true","fsType":"ext4"}}"#;
         let stored: StoredVolume = serde_json::from_str(v1).unwrap();
         let vol = migrate_volume(Path::new("/p"), stored.volume).unwrap();
-        assert_eq!((vol.version, vol.lifecycle), (2, Lifecycle::Ephemeral));
+        assert_eq!((vol.version, vol.lifecycle), (VOLUME_RECORD_VERSION, Lifecycle::Ephemeral));
+        assert!(vol.io_limits.is_unlimited());
         assert_eq!(vol.parameters.keys().collect::<Vec<_>>(), ["fsType"]);
         assert!(stored.embedded_state.is_empty());
     }

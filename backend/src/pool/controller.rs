@@ -18,7 +18,7 @@ use super::{now, Pool, SIZE_ALIGN};
 use crate::error::{Error, Result};
 use crate::filesystem::FsType;
 use crate::kernel::{copy, fstools, loopdev, record};
-use crate::types::AccessType;
+use crate::types::{AccessType, IoLimits};
 use crate::{failpoint, id};
 
 /// CSI-style capacity range; 0 means "not set".
@@ -47,6 +47,8 @@ pub struct CreateVolume {
     pub lifecycle: Lifecycle,
     /// Attach with direct I/O where the pool's filesystem allows it.
     pub direct_io: bool,
+    /// I/O limits for the pods that publish it.
+    pub io_limits: IoLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +170,7 @@ impl Pool {
             attached_node: None,
             lifecycle: req.lifecycle,
             direct_io: req.direct_io,
+            io_limits: req.io_limits,
             // A copy keeps the sector size its content was made with.
             block_size: match source_block {
                 Some(inherited) => inherited,
@@ -574,7 +577,7 @@ fn choose_size(range: CapacityRange, default: u64, source: u64, fs: FsType, acce
 /// The kernel running out of space while an image is built or copied is the
 /// pool being exhausted (RESOURCE_EXHAUSTED), not an internal error: the
 /// accounting cannot see other users of the pool's filesystem.
-fn no_space_is_exhausted(e: Error, requested: u64) -> Error {
+pub(crate) fn no_space_is_exhausted(e: Error, requested: u64) -> Error {
     if e.is_no_space() {
         Error::Exhausted { requested, available: 0 }
     } else {

@@ -49,6 +49,8 @@ pub struct PrivateMount {
     pub publish_mount_options: Vec<String>,
     /// Single-writer access: refuse a second live target.
     pub exclusive: bool,
+    /// The pod the target is for (its cgroup gets the volume's I/O limits).
+    pub pod_uid: Option<String>,
 }
 
 /// Which volume a private mount's target got: the teardown hint.
@@ -83,6 +85,13 @@ impl Pool {
         let _guard = self.lock_volume(&id)?;
         self.remember_target(&target, &id);
         let mut vol = match self.read_volume(&id)? {
+            // The mount's own options (a FlexVolume PV's) say what the I/O
+            // limits are: they have no ModifyVolume.
+            Some(vol) if vol.io_limits != req.volume.io_limits => {
+                let vol = Volume { io_limits: req.volume.io_limits, ..vol };
+                self.write_volume(&vol)?;
+                vol
+            }
             Some(vol) => vol,
             None if req.create => self.create_volume_locked(&id, &req.volume)?,
             None => return Err(Error::VolumeNotFound(id)),
@@ -96,6 +105,7 @@ impl Pool {
             mount_options: req.stage_mount_options.clone(),
         };
         let publish = PublishRequest {
+            pod_uid: req.pod_uid.clone(),
             staging_path: staging.clone(),
             target_path: target.clone(),
             access_type: AccessType::Mount,

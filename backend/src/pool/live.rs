@@ -144,7 +144,12 @@ impl Pool {
             };
             match self.load(&id) {
                 Ok((vol, mut state)) => {
-                    self.reconcile(&vol, &mut state)?;
+                    let live = self.reconcile(&vol, &mut state)?;
+                    // After a restart (or a crash mid-modify) the kernel may
+                    // lag the record: direct I/O and the pods' I/O limits.
+                    if let Err(e) = self.enforce_locked(&vol, &mut state, &live) {
+                        tracing::warn!(volume = %id, error = %e, "could not bring the volume in line with its record");
+                    }
                 }
                 Err(Error::VolumeNotFound(_)) => {}
                 Err(e) => return Err(e),
@@ -198,6 +203,11 @@ impl Pool {
                 return Condition::abnormal(format!("image is {} bytes, the volume {}", m.len(), vol.capacity_bytes))
             }
             Ok(_) => {}
+        }
+        if let Some((target, why)) =
+            state.published.iter().find_map(|(t, p)| p.io_limits_problem.as_ref().map(|why| (t, why)))
+        {
+            return Condition::abnormal(format!("I/O limits not in force at {}: {why}", target.display()));
         }
         match &state.staged {
             Some(st) if !live.staged => {

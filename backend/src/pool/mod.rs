@@ -10,6 +10,8 @@
 //! - `node`: stage, publish, unpublish, unstage, stats, node expansion;
 //! - `lifecycle`: whole lifecycles under one lock (FlexVolume mounts, CSI
 //!   ephemeral volumes);
+//! - `modify`: changing a live volume's mutable parameters (ModifyVolume)
+//!   and its pods' I/O limits;
 //! - `trim`: giving the space of deleted files back to the pool;
 //! - `doctor`: finding and repairing what is out of line.
 //!
@@ -32,6 +34,7 @@ mod controller;
 mod doctor;
 mod lifecycle;
 mod live;
+mod modify;
 mod node;
 mod snapshot_metadata;
 mod state;
@@ -78,6 +81,8 @@ pub struct PoolOptions {
     /// its size) marks its volumes' condition abnormal, before any
     /// filesystem in them sees ENOSPC.
     pub low_space_percent: f64,
+    /// Where the cgroup filesystems are mounted (I/O limits of pods).
+    pub cgroup_root: PathBuf,
 }
 
 impl Default for PoolOptions {
@@ -88,6 +93,7 @@ impl Default for PoolOptions {
             default_fs: FsType::Ext4,
             overprovision_ratio: 1.0,
             low_space_percent: 5.0,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct PublishRequest {
     pub mount_options: Vec<String>,
     /// Single-writer access modes: refuse a second live target (VolumeInUse).
     pub exclusive: bool,
+    /// The pod the target is for (its cgroup gets the volume's I/O limits).
+    pub pod_uid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,10 +339,19 @@ impl Pool {
             exclusive: req.exclusive,
             read_only: req.read_only,
             mount_options: opts.given.clone(),
+            pod_uid: req.pod_uid.clone(),
+            io_limits_problem: None,
         };
         if live.mount_points.iter().any(|p| p == target) {
             return match state.published.get(target) {
-                Some(existing) if *existing == wanted => Ok(()),
+                Some(existing) if existing.same_request(&wanted) => {
+                    // Every publish applies the limits again (a pod's cgroup
+                    // may have come late, or the limits changed meanwhile).
+                    if self.enforce_io_limits(vol, state, device, Some(target))? {
+                        self.write_node_state(&id, state)?;
+                    }
+                    Ok(())
+                }
                 Some(_) => Err(Error::IncompatibleAtPath { id, what: "published", path: target.into() }),
                 None => {
                     // Ours but unrecorded (records lost): adopt it when the
@@ -374,6 +385,9 @@ impl Pool {
         }
         crate::failpoint::hit("publish.before-record");
         state.published.insert(target.into(), wanted);
+        if let Err(e) = self.enforce_io_limits(vol, state, device, Some(target)) {
+            tracing::warn!(volume = %id, error = %e, "I/O limits not applied");
+        }
         if let Err(e) = self.write_node_state(&id, state) {
             let _ = mount::cleanup(target);
             state.published.remove(target);

@@ -133,6 +133,7 @@ mod tests {
 
     fn block_volume(pool: &Pool, name: &str) -> String {
         let req = CreateVolume {
+            io_limits: Default::default(),
             name: name.into(),
             id: None,
             capacity: CapacityRange { required: 64 * MIB, limit: 0 },

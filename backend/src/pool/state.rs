@@ -53,6 +53,21 @@ pub struct PublishRecord {
     pub exclusive: bool,
     pub read_only: bool,
     pub mount_options: Vec<String>,
+    /// The pod the target is for, when the CO said (I/O limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// Why the volume's I/O limits are not in force for that pod (its
+    /// cgroup was not found, or refused them); None when they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_limits_problem: Option<String>,
+}
+
+impl PublishRecord {
+    /// The same publish as asked for (what the kernel made of it aside).
+    pub fn same_request(&self, other: &PublishRecord) -> bool {
+        (self.access_type, self.exclusive, self.read_only, &self.mount_options, &self.pod_uid)
+            == (other.access_type, other.exclusive, other.read_only, &other.mount_options, &other.pod_uid)
+    }
 }
 
 impl Pool {

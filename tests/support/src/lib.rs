@@ -119,6 +119,7 @@ pub fn volume_request(
 ) -> loopvol_backend::CreateVolume {
     use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Lifecycle};
     CreateVolume {
+        io_limits: Default::default(),
         name: name.into(),
         id: None,
         capacity: CapacityRange { required: size, limit: 0 },
