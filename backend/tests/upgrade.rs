@@ -10,7 +10,7 @@ use loopvol_backend::{
 };
 use loopvol_test_support::{loops_settle, mounts_under, privileged, Sandbox};
 
-const FIXTURES: [&str; 2] = ["pool-fd63442-parent", "pool-72f40ff"];
+const FIXTURES: [&str; 3] = ["pool-fd63442-parent", "pool-72f40ff", "pool-cab2182"];
 
 /// Copies a fixture's records into `<sandbox>/pool` and makes the images
 /// they describe: sparse files of the recorded size, ext4 where the record
@@ -54,6 +54,7 @@ fn records_of_every_earlier_format_are_read_and_migrated() {
             let want = if vol.id == "csi-eph1" { Lifecycle::Ephemeral } else { Lifecycle::Persistent };
             assert_eq!(vol.lifecycle, want, "{fixture}: {}", vol.id);
             assert!(!vol.parameters.contains_key("csi.storage.k8s.io/ephemeral"), "{fixture}: the marker is gone");
+            assert!(vol.io_limits.is_unlimited(), "{fixture}: {} had no I/O limits", vol.id);
         }
         let flex = pool.volume("flex-data").unwrap();
         assert_eq!((flex.capacity_bytes, flex.access_type, flex.formatted), (64 << 20, AccessType::Mount, true));

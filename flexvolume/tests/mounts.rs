@@ -419,3 +419,53 @@ fn unmount_succeeds_when_the_pool_lost_the_volume() {
     w.run(&["unmount", p(&pod)]).ok();
     assert_eq!(mount_count(&pod), 0);
 }
+
+/// The loop device backed by the pool's image of `id`.
+fn device_of(pool: &Path, id: &str) -> std::path::PathBuf {
+    let image = pool.join("volumes").join(format!("{id}.img"));
+    for entry in fs::read_dir("/sys/block").unwrap().flatten() {
+        if let Ok(backing) = fs::read_to_string(entry.path().join("loop/backing_file")) {
+            if Path::new(backing.trim()) == image {
+                return Path::new("/dev").join(entry.file_name());
+            }
+        }
+    }
+    panic!("no loop device for {}", image.display());
+}
+
+#[test]
+fn io_limits_from_pv_options_reach_the_pods_cgroups() {
+    if !loopvol_test_support::privileged("io_limits_from_pv_options_reach_the_pods_cgroups") {
+        return;
+    }
+    use loopvol_test_support::cgroup::{rdev, TestPodCgroup};
+    let (pod_a, pod_b) = (TestPodCgroup::new(false), TestPodCgroup::new(true));
+    let w = FlexWorld::new(EXE, false);
+    let _g = w.guard();
+    let dir_a = w.pod_dir("pod-a", "pv-lim");
+    let json = |uid: &str, iops: &str| {
+        mount_json("pv-lim", &[("size", "64Mi"), ("readIOPS", iops), ("kubernetes.io/pod.uid", uid)])
+    };
+    w.run(&["mount", p(&dir_a), &json(&pod_a.uid, "300")]).ok().golden(SUCCESS);
+    let dev = rdev(&device_of(&w.pool, "pv-lim"));
+    assert_eq!(pod_a.rule(dev, "read_iops_device"), 300, "kubelet's pod.uid names the cgroup");
+
+    // The PV's options changed (a second pod mounts with new ones): both
+    // pods' cgroups get the new limit.
+    let dir_b = w.pod_dir("pod-b", "pv-lim");
+    w.run(&["mount", p(&dir_b), &json(&pod_b.uid, "150")]).ok().golden(SUCCESS);
+    assert_eq!(pod_b.rule(dev, "read_iops_device"), 150, "systemd layout");
+    assert_eq!(pod_a.rule(dev, "read_iops_device"), 150, "the earlier pod follows");
+
+    // A bad limit is a Failure naming the option, and changes nothing.
+    let dir_c = w.pod_dir("pod-c", "pv-lim");
+    let out = w.run(&["mount", p(&dir_c), &json(&pod_b.uid, "lots")]);
+    out.failed();
+    assert!(out.message().contains("readIOPS"), "{}", out.message());
+    assert_eq!(pod_a.rule(dev, "read_iops_device"), 150);
+
+    for dir in [&dir_a, &dir_b, &dir_c] {
+        w.run(&["unmount", p(dir)]).ok();
+    }
+    assert!(loops_under(&w.pool).is_empty());
+}

@@ -84,12 +84,14 @@ impl Pool {
         let staging = self.staging_under(req.staging_root.as_deref(), &id)?;
         let _guard = self.lock_volume(&id)?;
         self.remember_target(&target, &id);
+        let mut limits_changed = false;
         let mut vol = match self.read_volume(&id)? {
             // The mount's own options (a FlexVolume PV's) say what the I/O
             // limits are: they have no ModifyVolume.
             Some(vol) if vol.io_limits != req.volume.io_limits => {
                 let vol = Volume { io_limits: req.volume.io_limits, ..vol };
                 self.write_volume(&vol)?;
+                limits_changed = true;
                 vol
             }
             Some(vol) => vol,
@@ -123,6 +125,11 @@ impl Pool {
                 tracing::warn!(volume = %id, error = %undo, "could not undo a failed private mount");
             }
             return Err(e);
+        }
+        if limits_changed {
+            // The pods that mounted it before get the new limits too.
+            let live = self.reconcile(&vol, &mut state)?;
+            self.enforce_locked(&vol, &mut state, &live)?;
         }
         Ok(vol)
     }

@@ -95,7 +95,16 @@ impl Server {
 
     /// Starts the server again after [`Server::stop`].
     pub async fn restart_after_stop(&mut self) {
-        self.child = Some(spawn(&self.socket, &self.pool, &self.root, &self.extra_args, None));
+        self.restart_with_failpoint(None).await;
+    }
+
+    /// Starts the server again after it stopped (or aborted), with a
+    /// failpoint (`LOOPVOL_FAILPOINT`) or none.
+    pub async fn restart_with_failpoint(&mut self, failpoint: Option<&str>) {
+        if let Some(mut old) = self.child.take() {
+            let _ = old.wait();
+        }
+        self.child = Some(spawn(&self.socket, &self.pool, &self.root, &self.extra_args, failpoint));
         let channel = connect(&self.socket, &self.root).await;
         self.identity = IdentityClient::new(channel.clone());
         self.controller = ControllerClient::new(channel.clone());

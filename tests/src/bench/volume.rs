@@ -7,9 +7,11 @@
 //! directories are `<work-dir>/staging/<name>` and
 //! `<work-dir>/pods/<name>/mount`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use loopvol_proto::v1 as csi;
 use serde_json::{json, Value};
 use tonic::Code;
 
@@ -54,7 +56,10 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
 /// Creates, stages and publishes the volume `name` (the spec of `ctx`), and
 /// records it for [`remove`]. Returns the target path. On any failure (or an
 /// interrupt) whatever was done is undone.
-pub async fn create(ctx: &Ctx, name: &str) -> Result<PathBuf, CreateError> {
+/// With `pod_uid`, NodePublish says the volume is for that pod (as kubelet
+/// does with podInfoOnMount): the driver puts the volume's I/O limits into
+/// that pod's cgroup.
+pub async fn create(ctx: &Ctx, name: &str, pod_uid: Option<&str>) -> Result<PathBuf, CreateError> {
     check_name(name).map_err(CreateError::Other)?;
     let state = state_path(&ctx.work, name);
     if state.exists() {
@@ -70,6 +75,9 @@ pub async fn create(ctx: &Ctx, name: &str) -> Result<PathBuf, CreateError> {
         } else {
             CreateError::Other(anyhow::anyhow!("CreateVolume: {:?}: {}", e.code(), e.message()))
         });
+    }
+    if let Some(uid) = pod_uid {
+        vol.volume_context.insert(POD_UID.to_string(), uid.to_string());
     }
     let forward = async {
         vol.stage(ctx).await.map_err(|e| anyhow::anyhow!("NodeStageVolume: {:?}: {}", e.code(), e.message()))?;
@@ -107,6 +115,28 @@ fn write_state(path: &Path, record: &Value) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(path, serde_json::to_string_pretty(record)? + "\n")
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// kubelet's key for the pod's UID in NodePublish's volume context.
+const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
+
+/// ControllerModifyVolume of the volume `name` made by [`create`].
+pub async fn modify(ctx: &Ctx, name: &str, mutable_parameters: HashMap<String, String>) -> anyhow::Result<()> {
+    check_name(name)?;
+    let state = state_path(&ctx.work, name);
+    let text =
+        std::fs::read_to_string(&state).with_context(|| format!("volume {name}: reading {}", state.display()))?;
+    let record: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", state.display()))?;
+    let id = record["volume_id"].as_str().filter(|s| !s.is_empty()).context("record without a volume_id")?;
+    let req =
+        csi::ControllerModifyVolumeRequest { volume_id: id.to_string(), mutable_parameters, ..Default::default() };
+    ctx.csi
+        .controller
+        .clone()
+        .controller_modify_volume(req)
+        .await
+        .map_err(|e| anyhow::anyhow!("ControllerModifyVolume: {:?}: {}", e.code(), e.message()))?;
+    Ok(())
 }
 
 /// Unpublishes, unstages and deletes the volume `name` made by [`create`]

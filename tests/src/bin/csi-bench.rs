@@ -151,8 +151,20 @@ enum VolumeAction {
         /// The CreateVolume name (also names its directories below --work-dir).
         #[arg(long)]
         name: String,
+        /// Publish it for this pod UID (NodePublish volume context
+        /// `csi.storage.k8s.io/pod.uid`): its cgroup gets the I/O limits.
+        #[arg(long)]
+        pod_uid: Option<String>,
         #[command(flatten)]
         volume: VolumeArgs,
+    },
+    /// ControllerModifyVolume of a volume `create` made: new mutable
+    /// parameters (key=value, repeatable), as a VolumeAttributesClass's.
+    Modify {
+        #[arg(long)]
+        name: String,
+        #[arg(long = "param")]
+        params: Vec<String>,
     },
     /// NodeUnpublishVolume → NodeUnstageVolume → DeleteVolume of a volume
     /// `create` made with the same --work-dir.
@@ -599,7 +611,7 @@ async fn volume(cli: &Cli, action: &VolumeAction) -> anyhow::Result<i32> {
             anyhow::ensure!(volume.access == Access::Mount, "volume create makes mount volumes only");
             volume.spec("1Gi")?
         }
-        VolumeAction::Remove { .. } => VolumeSpec {
+        VolumeAction::Remove { .. } | VolumeAction::Modify { .. } => VolumeSpec {
             access: Access::Mount,
             size_bytes: 0,
             fs_type: String::new(),
@@ -609,7 +621,8 @@ async fn volume(cli: &Cli, action: &VolumeAction) -> anyhow::Result<i32> {
     };
     let ctx = Ctx { csi: csi_client, rec: Arc::new(Recorder::default()), spec, work, run_id: String::new() };
     let code = match action {
-        VolumeAction::Create { name, .. } => match bench::volume::create(&ctx, name).await {
+        VolumeAction::Create { name, pod_uid, .. } => match bench::volume::create(&ctx, name, pod_uid.as_deref()).await
+        {
             Ok(target) => {
                 println!("{}", target.display());
                 0
@@ -623,6 +636,15 @@ async fn volume(cli: &Cli, action: &VolumeAction) -> anyhow::Result<i32> {
                 }
             }
         },
+        VolumeAction::Modify { name, params } => {
+            match bench::volume::modify(&ctx, name, client::parse_params(params)?).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("csi-bench volume modify {name}: {e:#}");
+                    1
+                }
+            }
+        }
         VolumeAction::Remove { name } => match bench::volume::remove(&ctx, name).await {
             Ok(()) => 0,
             Err(e) => {

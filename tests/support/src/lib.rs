@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use loopvol_backend::test_hooks;
 
+pub mod cgroup;
 pub mod flex;
 
 /// True when this process can make loop devices and mounts. Otherwise says so
