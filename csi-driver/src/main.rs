@@ -12,6 +12,7 @@ mod controller;
 mod driver;
 mod group_controller;
 mod identity;
+mod io_limits_resync;
 mod metrics;
 mod node;
 mod pagination;
@@ -323,6 +324,7 @@ async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
     if let trim_schedule::Interval(Some(interval)) = args.trim_interval {
         tokio::spawn(trim_schedule::run(driver.clone(), interval));
     }
+    io_limits_resync::spawn(&driver);
     // Metrics first: once the CSI socket exists, everything is up.
     let metrics = match metrics_address {
         None => None,

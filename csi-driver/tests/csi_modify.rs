@@ -18,7 +18,7 @@ use loopvol_proto::v1 as csi;
 use loopvol_proto::v1::controller_service_capability::rpc::Type as CapType;
 use loopvol_proto::v1::volume_capability::access_mode::Mode;
 use loopvol_test_support::cgroup::{rdev, TestPodCgroup};
-use loopvol_test_support::privileged;
+use loopvol_test_support::{eventually, privileged};
 use tonic::Code;
 
 const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
@@ -153,7 +153,7 @@ async fn modify_applies_live_to_a_staged_and_published_volume() {
     if !privileged("modify_applies_live_to_a_staged_and_published_volume") {
         return;
     }
-    let cgroupfs_pod = TestPodCgroup::new(false);
+    let mut cgroupfs_pod = TestPodCgroup::new(false);
     let systemd_pod = TestPodCgroup::new(true);
     let mut s = Server::start().await;
     let id = create(&mut s, "live", &[("readIOPS", "100")]).await.unwrap().volume_id;
@@ -196,6 +196,18 @@ async fn modify_applies_live_to_a_staged_and_published_volume() {
     assert!(allocated(&s, &id) >= (64 * MIB) as u64, "thick after: {} bytes", allocated(&s, &id));
     assert_eq!(fs::read(t1.join("after-switch")).unwrap(), b"data");
     assert!(!condition(&mut s, &id).await.abnormal);
+
+    // A container started after the publish: on cgroup v1, where limits
+    // are not hierarchical, the driver writes them into its cgroup too
+    // within a resync round; on v2 the pod's own rule covers it.
+    let container = cgroupfs_pod.add_container("container-1");
+    if !cgroupfs_pod.v2 {
+        assert!(
+            eventually(|| container.rule(dev, "write_iops_device") == 300),
+            "the new container cgroup gets the limit: {}",
+            s.log()
+        );
+    }
 
     // A restart puts limits back that the kernel lost (a recreated cgroup).
     let lost = format!("{}:{} 0", dev.0, dev.1);

@@ -17,6 +17,9 @@ use crate::types::IoLimits;
 /// How deep below the hierarchy's root a pod's cgroup may be:
 /// `[kubelet root/]kubepods/<qos>/pod<uid>`.
 const MAX_DEPTH: usize = 4;
+/// At most this many cgroups of one pod get v1 rules (the pod's and its
+/// containers'; a pod has a handful).
+const MAX_V1_CGROUPS: usize = 256;
 
 /// Which cgroup interface a pod's cgroup speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,23 +91,50 @@ pub fn find_pod(root: &Path, pod_uid: &str) -> io::Result<Option<PodCgroup>> {
     Ok(None)
 }
 
-/// Sets `limits` for the device `major:minor` in the pod's cgroup; zero
-/// limits remove the rules.
+/// Sets `limits` for the device `major:minor` for the pod; zero limits
+/// remove the rules. v2 throttles a cgroup's whole subtree, so the pod's
+/// cgroup is enough. v1 throttles only the tasks of the cgroup itself (its
+/// `blkio.throttle.*` is not hierarchical: measured here, a child cgroup ran
+/// 117k IOPS under its parent's 200), so the rules go into the pod's cgroup
+/// and every container cgroup below it, and containers started later need
+/// this again (see `Pool::resync_io_limits`).
 pub fn apply(pod: &PodCgroup, (major, minor): (u64, u64), limits: &IoLimits) -> io::Result<()> {
     match pod.version {
         Version::V2 => write(&pod.path.join("io.max"), &io_max_line(major, minor, limits)),
         Version::V1 => {
-            for (file, value) in [
-                ("blkio.throttle.read_iops_device", limits.read_iops),
-                ("blkio.throttle.write_iops_device", limits.write_iops),
-                ("blkio.throttle.read_bps_device", limits.read_bytes_per_second),
-                ("blkio.throttle.write_bps_device", limits.write_bytes_per_second),
-            ] {
-                write(&pod.path.join(file), &format!("{major}:{minor} {value}"))?;
+            let mut dirs = vec![pod.path.clone()];
+            let mut i = 0;
+            while i < dirs.len() && dirs.len() < MAX_V1_CGROUPS {
+                if let Ok(entries) = fs::read_dir(&dirs[i]) {
+                    dirs.extend(
+                        entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()),
+                    );
+                }
+                i += 1;
+            }
+            for (n, dir) in dirs.iter().enumerate() {
+                for (file, value) in [
+                    ("blkio.throttle.read_iops_device", limits.read_iops),
+                    ("blkio.throttle.write_iops_device", limits.write_iops),
+                    ("blkio.throttle.read_bps_device", limits.read_bytes_per_second),
+                    ("blkio.throttle.write_bps_device", limits.write_bytes_per_second),
+                ] {
+                    match write(&dir.join(file), &format!("{major}:{minor} {value}")) {
+                        // A container cgroup removed while we walked.
+                        Err(e) if n > 0 && e.kind() == io::ErrorKind::NotFound => break,
+                        other => other?,
+                    }
+                }
             }
             Ok(())
         }
     }
+}
+
+/// Whether limits on `root`'s I/O hierarchy must be re-applied as
+/// containers come and go (cgroup v1).
+pub fn needs_resync(root: &Path) -> bool {
+    io_hierarchy(root).is_some_and(|(_, v)| v == Version::V1)
 }
 
 /// The v2 `io.max` line; `max` is unlimited.
@@ -117,46 +147,6 @@ pub fn io_max_line(major: u64, minor: u64, l: &IoLimits) -> String {
         v(l.read_iops),
         v(l.write_iops)
     )
-}
-
-/// The limits in force for `major:minor` in the pod's cgroup (0: none).
-pub fn read(pod: &PodCgroup, (major, minor): (u64, u64)) -> io::Result<IoLimits> {
-    let device = format!("{major}:{minor}");
-    let mut out = IoLimits::default();
-    match pod.version {
-        Version::V2 => {
-            let text = fs::read_to_string(pod.path.join("io.max"))?;
-            for line in text.lines().filter(|l| l.split_whitespace().next() == Some(&device)) {
-                for field in line.split_whitespace().skip(1) {
-                    let Some((key, value)) = field.split_once('=') else { continue };
-                    let value = value.parse().unwrap_or(0);
-                    match key {
-                        "rbps" => out.read_bytes_per_second = value,
-                        "wbps" => out.write_bytes_per_second = value,
-                        "riops" => out.read_iops = value,
-                        "wiops" => out.write_iops = value,
-                        _ => {}
-                    }
-                }
-            }
-        }
-        Version::V1 => {
-            let rule = |file: &str| -> io::Result<u64> {
-                let text = fs::read_to_string(pod.path.join(file))?;
-                Ok(text
-                    .lines()
-                    .filter_map(|l| l.split_once(' '))
-                    .find(|(d, _)| *d == device)
-                    .and_then(|(_, v)| v.trim().parse().ok())
-                    .unwrap_or(0))
-            };
-            out.read_iops = rule("blkio.throttle.read_iops_device")?;
-            out.write_iops = rule("blkio.throttle.write_iops_device")?;
-            out.read_bytes_per_second = rule("blkio.throttle.read_bps_device")?;
-            out.write_bytes_per_second = rule("blkio.throttle.write_bps_device")?;
-        }
-    }
-    Ok(out)
 }
 
 fn write(path: &Path, line: &str) -> io::Result<()> {

@@ -137,17 +137,48 @@ impl Pool {
             Err(e) => Err(e.to_string()),
         }
     }
+}
 
-    /// The I/O limits in force for the volume in the pod's cgroup, as the
-    /// kernel has them (for tests and reports). None: no cgroup for the pod,
-    /// or the volume is not attached.
-    pub fn io_limits_in_force(&self, id: &str, pod_uid: &str) -> Result<Option<IoLimits>> {
-        let (vol, state) = self.load(id)?;
-        let live = self.live(&vol, &state, &super::live::KernelView::read()?);
-        let Some(device) = live.device else { return Ok(None) };
-        let rdev = device_number(&device.path)?;
-        let Ok(Some(pod)) = cgroup::find_pod(&self.options.cgroup_root, pod_uid) else { return Ok(None) };
-        cgroup::read(&pod, rdev).map(Some).map_err(|e| Error::io("read cgroup limits", &pod.path, e))
+impl Pool {
+    /// Whether [`Pool::resync_io_limits`] is needed here: on cgroup v1 a
+    /// limit holds only for the cgroups it was written into, and a pod's
+    /// containers (and their restarts) get new cgroups after NodePublish.
+    pub fn io_limits_need_resync(&self) -> bool {
+        cgroup::needs_resync(&self.options.cgroup_root)
+    }
+
+    /// Writes every published volume's I/O limits into its pods' cgroups
+    /// again (the CSI node plugin does it every few seconds on cgroup v1;
+    /// FlexVolume publishes in the same pool are included). Volumes busy
+    /// with another operation are skipped until the next round. Returns how
+    /// many volumes were visited.
+    pub fn resync_io_limits(&self) -> Result<usize> {
+        let mut visited = 0;
+        for id in self.volume_ids()? {
+            // Cheap first look, without the lock: no pod, nothing to do.
+            let Some(state) = self.read_state_file(&id) else { continue };
+            if !state.published.values().any(|p| p.pod_uid.is_some()) {
+                continue;
+            }
+            let _guard = match self.lock_volume(&id) {
+                Ok(guard) => guard,
+                Err(Error::Busy(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let (vol, mut state) = match self.load(&id) {
+                Ok(loaded) => loaded,
+                Err(Error::VolumeNotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let live = self.reconcile(&vol, &mut state)?;
+            if let Some(device) = &live.device {
+                if self.enforce_io_limits(&vol, &mut state, device, None)? {
+                    self.write_node_state(&vol.id, &state)?;
+                }
+            }
+            visited += 1;
+        }
+        Ok(visited)
     }
 }
 

@@ -70,6 +70,15 @@ impl TestPodCgroup {
         me
     }
 
+    /// A container's cgroup below the pod's, made now (as kubelet does after
+    /// the pod's volumes are mounted).
+    pub fn add_container(&mut self, name: &str) -> TestPodCgroup {
+        let dir = self.dir.join(name);
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        self.made.push(dir.clone());
+        TestPodCgroup { uid: self.uid.clone(), dir, v2: self.v2, made: Vec::new() }
+    }
+
     /// The rule for `major:minor` in one of the pod's limit files, as the
     /// kernel shows it: v1 `blkio.throttle.<file>` (its number), or the
     /// `io.max` key for the same limit (`riops` for `read_iops_device` and
