@@ -18,7 +18,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::storage::v1::VolumeAttributesClass;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Config, ResourceExt};
 use loopvol_backend::params::{Dialect, VolumeParams};
 use tokio::sync::mpsc;
@@ -29,6 +28,8 @@ use crate::driver::Driver;
 /// First and longest wait between retries of one PV (or of building the client).
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Longest wait between attempts to (re)start the watch (client-go's is 30 s).
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What a PV asks of this driver, if anything: its volume and class.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +80,8 @@ fn retryable(code: Code) -> bool {
     !matches!(code, Code::InvalidArgument | Code::OutOfRange | Code::NotFound | Code::ResourceExhausted)
 }
 
-fn backoff(attempt: u32) -> Duration {
-    RETRY_MIN.saturating_mul(1 << attempt.min(6)).min(RETRY_MAX)
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    RETRY_MIN.saturating_mul(1 << attempt.min(6)).min(max)
 }
 
 struct Follower {
@@ -115,15 +116,28 @@ pub async fn run(driver: Arc<Driver>, kubeconfig: Option<PathBuf>) {
         retry_tx,
     };
     // The watcher relists after a broken watch or an expired resource
-    // version; default_backoff spaces out its retries while the API is down.
-    let stream = watcher::watcher(follower.pvs.clone(), watcher::Config::default()).default_backoff();
+    // version. Its own default_backoff is reset by the Init event that every
+    // relist starts with, so it would retry a down API server about once a
+    // second: the backoff here is reset only by events of a working watch.
+    let stream = watcher::watcher(follower.pvs.clone(), watcher::Config::default());
     let mut stream = std::pin::pin!(stream);
+    let mut failures = 0;
     tracing::info!(driver = %follower.driver.name, "following the VolumeAttributesClasses of this node's PVs");
     loop {
         tokio::select! {
             event = stream.next() => match event {
-                Some(Ok(event)) => follower.on_event(event).await,
-                Some(Err(e)) => tracing::warn!(error = %e, "watching PersistentVolumes failed; retrying"),
+                Some(Ok(event)) => {
+                    if !matches!(event, Event::Init) {
+                        failures = 0;
+                    }
+                    follower.on_event(event).await;
+                }
+                Some(Err(e)) => {
+                    let wait = backoff(failures, WATCH_RETRY_MAX);
+                    failures += 1;
+                    tracing::warn!(error = %e, retry_in = ?wait, "watching PersistentVolumes failed");
+                    tokio::time::sleep(wait).await;
+                }
                 None => {
                     tracing::error!("the PersistentVolume watch ended; no longer following classes");
                     return;
@@ -151,7 +165,7 @@ async fn connect(kubeconfig: Option<PathBuf>) -> Client {
         match config.and_then(|c| Client::try_from(c).map_err(|e| e.to_string())) {
             Ok(client) => return client,
             Err(e) => {
-                let wait = backoff(attempt);
+                let wait = backoff(attempt, RETRY_MAX);
                 tracing::warn!(error = %e, retry_in = ?wait, "no Kubernetes client for following VolumeAttributesClasses");
                 tokio::time::sleep(wait).await;
                 attempt += 1;
@@ -206,7 +220,7 @@ impl Follower {
             }
             Outcome::Retry => {
                 let attempt = self.attempts.entry(pv.to_string()).or_insert(0);
-                let wait = backoff(*attempt);
+                let wait = backoff(*attempt, RETRY_MAX);
                 *attempt += 1;
                 let (tx, pv) = (self.retry_tx.clone(), pv.to_string());
                 tokio::spawn(async move {
@@ -363,9 +377,10 @@ mod tests {
 
     #[test]
     fn retries_back_off_up_to_a_minute_and_skip_bad_input() {
-        assert_eq!(backoff(0), RETRY_MIN);
-        assert_eq!(backoff(1), Duration::from_secs(2));
-        assert_eq!(backoff(40), RETRY_MAX);
+        assert_eq!(backoff(0, RETRY_MAX), RETRY_MIN);
+        assert_eq!(backoff(1, RETRY_MAX), Duration::from_secs(2));
+        assert_eq!(backoff(40, RETRY_MAX), RETRY_MAX);
+        assert_eq!(backoff(40, WATCH_RETRY_MAX), WATCH_RETRY_MAX);
         assert!(retryable(Code::Aborted) && retryable(Code::Internal));
         assert!(!retryable(Code::InvalidArgument));
     }
