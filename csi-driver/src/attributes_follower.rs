@@ -121,7 +121,7 @@ pub async fn run(driver: Arc<Driver>, kubeconfig: Option<PathBuf>) {
     // second: the backoff here is reset only by events of a working watch.
     let stream = watcher::watcher(follower.pvs.clone(), watcher::Config::default());
     let mut stream = std::pin::pin!(stream);
-    let mut failures = 0;
+    let mut failures = 0u32;
     tracing::info!(driver = %follower.driver.name, "following the VolumeAttributesClasses of this node's PVs");
     loop {
         tokio::select! {
@@ -134,7 +134,7 @@ pub async fn run(driver: Arc<Driver>, kubeconfig: Option<PathBuf>) {
                 }
                 Some(Err(e)) => {
                     let wait = backoff(failures, WATCH_RETRY_MAX);
-                    failures += 1;
+                    failures = failures.saturating_add(1);
                     tracing::warn!(error = %e, retry_in = ?wait, "watching PersistentVolumes failed");
                     tokio::time::sleep(wait).await;
                 }
@@ -168,7 +168,7 @@ async fn connect(kubeconfig: Option<PathBuf>) -> Client {
                 let wait = backoff(attempt, RETRY_MAX);
                 tracing::warn!(error = %e, retry_in = ?wait, "no Kubernetes client for following VolumeAttributesClasses");
                 tokio::time::sleep(wait).await;
-                attempt += 1;
+                attempt = attempt.saturating_add(1);
             }
         }
     }
@@ -177,8 +177,13 @@ async fn connect(kubeconfig: Option<PathBuf>) -> Client {
 impl Follower {
     async fn on_event(&mut self, event: Event<PersistentVolume>) {
         match event {
-            // A (re)list: every PV comes again and is applied again.
-            Event::Init => self.settled.clear(),
+            // A (re)list: every PV comes again and is applied again; PVs
+            // deleted meanwhile never come (their pending retries are dropped).
+            Event::Init => {
+                self.latest.clear();
+                self.settled.clear();
+                self.attempts.clear();
+            }
             Event::InitDone => {}
             Event::Apply(pv) | Event::InitApply(pv) => {
                 let name = pv.name_any();
@@ -221,7 +226,7 @@ impl Follower {
             Outcome::Retry => {
                 let attempt = self.attempts.entry(pv.to_string()).or_insert(0);
                 let wait = backoff(*attempt, RETRY_MAX);
-                *attempt += 1;
+                *attempt = attempt.saturating_add(1);
                 let (tx, pv) = (self.retry_tx.clone(), pv.to_string());
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
