@@ -94,6 +94,8 @@ FS_TYPES = {"ext4", "xfs", "btrfs"}
 FLEX_OPTIONS = {"volumeID", "size", "create", "mountOptions", "thick"}
 FLEX_CONFIG_KEYS = {"pool", "stateDir", "attach", "defaultFsType", "defaultSize"}
 EPHEMERAL_ATTRS = {"size", "fsType"}
+# VolumeAttributesClass parameters (backend/src/params.rs MUTABLE_KEYS).
+MUTABLE_PARAMS = {"directIO", "thick", "readIOPS", "writeIOPS", "readBytesPerSecond", "writeBytesPerSecond"}
 
 
 # --------------------------------------------------------------------------
@@ -585,6 +587,14 @@ def node_errors(found: list[dict], t: Target) -> Iterable[str]:
         yield "driver: --endpoint must be unix:///csi/csi.sock"
     if flag(drv, "log-format") != "json":
         yield "driver: --log-format=json (one JSON object a line for log collectors)"
+    # The resizer's driver defers ModifyVolume; only this watch applies it.
+    if flag(drv, "follow-volume-attributes-classes") != "true":
+        yield "driver: --follow-volume-attributes-classes (the node applies the PVs' VolumeAttributesClasses)"
+    cgroup_root = flag(drv, "cgroup-root")
+    cg = next((m for m in drv.get("volumeMounts") or [] if m.get("mountPath") == cgroup_root), None)
+    if not cg or host(cg["name"]) != "/sys/fs/cgroup":
+        yield (f"driver: --cgroup-root {cgroup_root!r} must be the host's /sys/fs/cgroup mounted there "
+               "(the container's own is its cgroup namespace)")
     if flag(drv, "driver-name") not in (None, DRIVER):
         yield f"driver: --driver-name must be {DRIVER}"
     # The external-snapshot-metadata sidecar waits for the capability; without
@@ -666,6 +676,8 @@ def resizer_errors(found: list[dict]) -> Iterable[str]:
         yield "resizer's driver: --node-id must be $(NODE_NAME) from spec.nodeName"
     if flag(drv, "defer-expansion-to-node") != "true":
         yield "resizer's driver: --defer-expansion-to-node (it holds no volumes; the owning node grows them)"
+    if flag(drv, "defer-modify-to-node") != "true":
+        yield "resizer's driver: --defer-modify-to-node (it holds no volumes; the owning node applies the class)"
     for v in spec.get("volumes") or []:
         if "hostPath" in v:
             yield f"resizer: volume {v['name']} is a hostPath; it must never touch a node's pool"
@@ -888,7 +900,7 @@ def check_examples(res: Results, default_objs: list[dict]) -> None:
         where = f"examples/{fname} {ident(o)}"
         res.check(f"{where} schema", schema_errors(o))
         res.check(f"{where} loopvol fields", example_errors(o, classes, snap_classes, group_classes, pvcs, snaps))
-    wanted = {"StatefulSet", "VolumeSnapshot", "VolumeGroupSnapshot", "PersistentVolume"}
+    wanted = {"StatefulSet", "VolumeSnapshot", "VolumeGroupSnapshot", "PersistentVolume", "VolumeAttributesClass"}
     kinds = {o["kind"] for _, o in all_objs}
     res.check("examples: coverage", [f"no {k} example" for k in sorted(wanted - kinds)]
               + ([] if any(o["kind"] == "Pod" and any("csi" in v for v in o["spec"].get("volumes") or [])
@@ -965,6 +977,12 @@ def example_errors(o, classes, snap_classes, group_classes, pvcs, snaps) -> Iter
     if kind == "PersistentVolume" and "csi" in o["spec"]:
         if o["spec"]["csi"].get("driver") != DRIVER:
             yield f"csi.driver must be {DRIVER}"
+    if kind == "VolumeAttributesClass":
+        if o.get("driverName") != DRIVER:
+            yield f"driverName must be {DRIVER}"
+        extra = set(o.get("parameters") or {}) - MUTABLE_PARAMS
+        if extra:
+            yield f"parameters {sorted(extra)} are not mutable (allowed: {sorted(MUTABLE_PARAMS)})"
 
 
 def node_values(pv: dict, key: str) -> list[str]:
@@ -1082,6 +1100,11 @@ BREAKS: list[tuple[str, Callable[[list[dict]], None]]] = [
      lambda o: mount(_ds(o)["containers"][0], "plugins-dir").update(mountPropagation="HostToContainer")),
     ("driver logs text", lambda o: _drop_arg(_ds(o)["containers"][0], "--log-format")),
     ("driver not privileged", lambda o: _ds(o)["containers"][0]["securityContext"].update(privileged=False)),
+    ("driver does not follow classes", lambda o: _drop_arg(_ds(o)["containers"][0], "--follow-volume-attributes-classes")),
+    ("driver writes limits into its own cgroup namespace", lambda o: _drop_arg(_ds(o)["containers"][0], "--cgroup-root")),
+    ("resizer's driver modifies in its empty pool",
+     lambda o: _drop_arg(find(o, "Deployment", "loopvol-resizer")[0]["spec"]["template"]["spec"]["containers"][0],
+                         "--defer-modify-to-node")),
     ("attachRequired true", lambda o: find(o, "CSIDriver")[0]["spec"].update(attachRequired=True)),
     ("no Ephemeral mode", lambda o: find(o, "CSIDriver")[0]["spec"].update(volumeLifecycleModes=["Persistent"])),
     ("fsGroupPolicy default", lambda o: find(o, "CSIDriver")[0]["spec"].pop("fsGroupPolicy")),

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod attributes_follower;
 mod authority;
 mod capability;
 mod controller;
@@ -114,6 +115,16 @@ struct ServeArgs {
     /// (--follow-volume-attributes-classes).
     #[arg(long, env = "LOOPVOL_DEFER_MODIFY_TO_NODE")]
     defer_modify_to_node: bool,
+    /// For the node DaemonSet: watch PersistentVolumes and apply the
+    /// VolumeAttributesClass of each one whose volume is in this pool (the
+    /// central resizer's driver only checks it, --defer-modify-to-node).
+    /// Needs get/list/watch on persistentvolumes and volumeattributesclasses.
+    #[arg(long, env = "LOOPVOL_FOLLOW_VOLUME_ATTRIBUTES_CLASSES")]
+    follow_volume_attributes_classes: bool,
+    /// kubeconfig for --follow-volume-attributes-classes; default: the
+    /// in-cluster service account, else $KUBECONFIG or ~/.kube/config.
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
     /// Where the cgroup filesystems are mounted: the pods' I/O limits
     /// (mutable parameters readIOPS, writeIOPS, readBytesPerSecond,
     /// writeBytesPerSecond) are written into their cgroups there.
@@ -321,6 +332,9 @@ async fn serve_csi(serve: Serve) -> anyhow::Result<()> {
     driver.defer_expansion_to_node = args.defer_expansion_to_node;
     driver.defer_modify_to_node = args.defer_modify_to_node;
     let driver = std::sync::Arc::new(driver);
+    if args.follow_volume_attributes_classes {
+        tokio::spawn(attributes_follower::run(driver.clone(), args.kubeconfig.clone()));
+    }
     if let trim_schedule::Interval(Some(interval)) = args.trim_interval {
         tokio::spawn(trim_schedule::run(driver.clone(), interval));
     }

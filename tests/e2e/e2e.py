@@ -97,6 +97,9 @@ class Cluster:
         self.exe_dir = exe_dir
         self.dir = Path(tempfile.mkdtemp(prefix="lve2e.", dir="/tmp"))
         self.pool = self.dir / "pool"
+        # The central controller's own, empty pool (the resizer Deployment's).
+        self.central_pool = self.dir / "central-pool"
+        self.central_socket = self.dir / "central" / "csi.sock"
         self.flex_state = self.dir / "flex"
         self.env: dict[str, str] = {}
         self.up_done = False
@@ -159,12 +162,27 @@ class Cluster:
 
     # -- the drivers
     def start_driver(self) -> None:
+        """The node plugin; it applies its PVs' VolumeAttributesClasses, which
+        the central controller only checks."""
         self.socket.parent.mkdir(parents=True, exist_ok=True)
         self.pool.mkdir(parents=True, exist_ok=True)
         self.kit("run", str(self.dir), "loopvol-csi", str(self.exe_dir / "loopvol-csi"),
                  "--endpoint", f"unix://{self.socket}", "--node-id", self.node, "--pool", str(self.pool),
-                 "--log-format", "json")
+                 "--log-format", "json", "--follow-volume-attributes-classes",
+                 f"--kubeconfig={self.dir / 'kubeconfig'}")
         wait_until("the driver's socket", self.socket.exists, timeout=30)
+
+    def start_central_controller(self) -> None:
+        """What deploy/'s resizer Deployment runs beside csi-resizer: a
+        loopvol-csi with an empty pool of its own that defers expansion and
+        ModifyVolume to the node holding the volume."""
+        self.central_socket.parent.mkdir(parents=True, exist_ok=True)
+        self.central_pool.mkdir(parents=True, exist_ok=True)
+        self.kit("run", str(self.dir), "loopvol-controller", str(self.exe_dir / "loopvol-csi"),
+                 "--endpoint", f"unix://{self.central_socket}", "--node-id", "central",
+                 "--pool", str(self.central_pool), "--log-format", "json",
+                 "--defer-expansion-to-node", "--defer-modify-to-node")
+        wait_until("the central controller's socket", self.central_socket.exists, timeout=30)
 
     def stop_driver(self) -> None:
         self.kit("stop", str(self.dir), "loopvol-csi")
@@ -180,7 +198,9 @@ class Cluster:
              "--immediate-topology=false", "--enable-capacity=true", "--capacity-ownerref-level=-1",
              "--extra-create-metadata=true", "--default-fstype=ext4", "--leader-election=false",
              "--capacity-poll-interval=5s"],
-            ["csi-resizer", f"--csi-address={s}", "--leader-election=false", "--handle-volume-inuse-error=false"],
+            # As in deploy/: the resizer talks to the central controller, not the node plugin.
+            ["csi-resizer", f"--csi-address={self.central_socket}", "--leader-election=false",
+             "--handle-volume-inuse-error=false"],
             ["csi-snapshotter", f"--csi-address={s}", "--node-deployment=true", "--leader-election=false",
              "--feature-gates=CSIVolumeGroupSnapshot=true"],
             ["snapshot-controller", "--leader-election=false", "--enable-distributed-snapshotting=true",
@@ -539,9 +559,13 @@ def csi_expansion_ext4_grows_at_next_stage(c: Cluster) -> None:
     def pv_grown():
         return _quantity(c.get("pv", pv, ns=None)["spec"]["capacity"]["storage"]) >= GI
 
-    # The image grows now (ControllerExpandVolume); the filesystem cannot
-    # while it is mounted here (EPERM), so the pod keeps its old size.
+    # The resizer's central controller defers to the node: kubelet's
+    # NodeExpandVolume grows the image now; the filesystem cannot grow while
+    # it is mounted here (EPERM), so the pod keeps its old size.
     wait_until("PV resized by the resizer", pv_grown, timeout=120)
+    handle = c.get("pv", pv, ns=None)["spec"]["csi"]["volumeHandle"]
+    image = c.pool / "volumes" / f"{handle}.img"
+    wait_until("image grown by NodeExpandVolume", lambda: image.stat().st_size >= GI, timeout=120)
     c.delete("pod", "grow-e4")
     c.run_pod(pod("grow-e4-again", "set -e; df -k /data; test $(df -k /data | awk 'NR==2 {print $2}') -gt 900000",
                   [pvc_vol("grow-e4")]))
@@ -549,6 +573,112 @@ def csi_expansion_ext4_grows_at_next_stage(c: Cluster) -> None:
                timeout=60)
     c.delete("pvc", "grow-e4")
     _wait_no_pvs(c)
+
+
+def csi_modify_volume_reaches_the_node(c: Cluster) -> None:
+    """A PVC switches VolumeAttributesClass under a running pod. The resizer
+    calls ControllerModifyVolume on the central controller, which has an
+    empty pool and only checks the parameters (--defer-modify-to-node); the
+    resizer then sets the PV's class, and the node plugin, watching PVs
+    (--follow-volume-attributes-classes), applies it: the pod's blkio/io
+    cgroup limits for the volume's loop device change and direct I/O is
+    switched off."""
+    vac = lambda name, params: {"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttributesClass",  # noqa: E731
+                                "metadata": {"name": name}, "driverName": DRIVER, "parameters": params}
+    c.apply(vac("e2e-vac-a", {"readIOPS": "100", "writeIOPS": "100"}),
+            vac("e2e-vac-b", {"readIOPS": "200", "directIO": "false"}),
+            vac("e2e-vac-bad", {"fsType": "xfs"}))
+    claim = pvc("modify")
+    claim["spec"]["volumeAttributesClassName"] = "e2e-vac-a"
+    c.apply(claim)
+    p = c.start_pod(pod("modify", "echo ready; sleep 3600", [pvc_vol("modify")]))
+    uid = p["metadata"]["uid"]
+    pv = c.get("pvc", "modify")["spec"]["volumeName"]
+    handle = c.get("pv", pv, ns=None)["spec"]["csi"]["volumeHandle"]
+    loop = wait_until("the volume's loop device", lambda: next(
+        (Path(d).name for d, b in loop_devices() if b.endswith(f"/{handle}.img")), None), timeout=30)
+    majmin = Path(f"/sys/block/{loop}/dev").read_text().strip()
+    dio = Path(f"/sys/block/{loop}/loop/dio")
+    limits = lambda: _pod_io_limits(uid, majmin)  # noqa: E731
+    # Class A came with CreateVolume's mutable parameters.
+    wait_until("class A's limits in the pod's cgroup",
+               lambda: limits() if limits() == {"riops": 100, "wiops": 100} else None, timeout=30)
+    check(dio.read_text().strip() == "1", f"direct I/O is on by default: dio={dio.read_text().strip()}")
+    t = time.monotonic()
+    c.kubectl("patch", "pvc", "modify", "--type=merge", "-p", '{"spec":{"volumeAttributesClassName":"e2e-vac-b"}}')
+    wait_until("PVC status.currentVolumeAttributesClassName e2e-vac-b",
+               lambda: c.get("pvc", "modify")["status"].get("currentVolumeAttributesClassName") == "e2e-vac-b",
+               timeout=60)
+    # No riops/wiops key: that rule is gone (unlimited).
+    got = wait_until("class B's limits in the pod's cgroup",
+                     lambda: limits() if limits() == {"riops": 200} else None, timeout=60)
+    wait_until("direct I/O switched off", lambda: dio.read_text().strip() == "0", timeout=30)
+    log(f"class B in force {time.monotonic() - t:.1f}s after the patch: {got}")
+    central = (c.dir / "logs" / "loopvol-controller.log").read_text(errors="replace")
+    check(any("owning node applies" in line and handle in line for line in central.splitlines()),
+          "the central controller deferred the modify to the node")
+    node = (c.dir / "logs" / "loopvol-csi.log").read_text(errors="replace")
+    check(any("applied the PV's VolumeAttributesClass" in line and handle in line and "e2e-vac-b" in line
+              for line in node.splitlines()), "the node plugin logged applying class B")
+
+    # A class with a parameter that is not mutable: the central controller
+    # refuses it, the PVC says Infeasible, and the volume keeps class B.
+    c.kubectl("patch", "pvc", "modify", "--type=merge", "-p", '{"spec":{"volumeAttributesClassName":"e2e-vac-bad"}}')
+    wait_until("PVC modify status Infeasible", lambda: (c.get("pvc", "modify")["status"].get("modifyVolumeStatus")
+                                                         or {}).get("status") == "Infeasible", timeout=60)
+    check(c.get("pvc", "modify")["status"].get("currentVolumeAttributesClassName") == "e2e-vac-b", "still class B")
+    check(limits() == {"riops": 200}, f"class B's limits unchanged: {limits()}")
+
+    # The node plugin is down while the PVC goes back to class A: the
+    # resizer records it on the PV all the same, and the node applies it
+    # from its initial list when it is back.
+    c.stop_driver()
+    c.kubectl("patch", "pvc", "modify", "--type=merge", "-p", '{"spec":{"volumeAttributesClassName":"e2e-vac-a"}}')
+    wait_until("PVC status.currentVolumeAttributesClassName e2e-vac-a while the node plugin is down",
+               lambda: c.get("pvc", "modify")["status"].get("currentVolumeAttributesClassName") == "e2e-vac-a",
+               timeout=60)
+    check(limits() == {"riops": 200}, f"nothing applied while the node plugin is down: {limits()}")
+    c.start_driver()
+    _restart_sidecars_after_driver(c)
+    wait_until("class A's limits again after the node plugin's restart",
+               lambda: limits() if limits() == {"riops": 100, "wiops": 100} else None, timeout=60)
+    check(dio.read_text().strip() == "0", "class A names no directIO: it stays off")
+
+    check(c.get("pod", "modify")["status"]["phase"] == "Running", "the pod kept running")
+    c.delete("pod", "modify")
+    c.delete("pvc", "modify")
+    _wait_no_pvs(c)
+    c.delete("volumeattributesclass", "e2e-vac-a", "e2e-vac-b", "e2e-vac-bad")
+
+
+def _pod_io_limits(uid: str, majmin: str) -> dict[str, int]:
+    """The I/O limits on one device in a pod's cgroup (kubelet's cgroupfs or
+    systemd layout): cgroup v1 blkio.throttle.* or v2 io.max, as
+    {"riops", "wiops", "rbps", "wbps"}; unlimited ones are left out."""
+    root = Path("/sys/fs/cgroup")
+    names = {f"pod{uid}", f"kubepods-pod{uid.replace('-', '_')}.slice"}
+    v1 = root / "blkio"
+    base = v1 if (v1 / "kubepods").is_dir() or (v1 / "kubepods.slice").is_dir() else root
+    dirs = [d for top in ("kubepods", "kubepods.slice") for d in [base / top, *(base / top).rglob("*")]
+            if d.is_dir() and (d.name in names or d.name.endswith(f"-pod{uid.replace('-', '_')}.slice"))]
+    check(len(dirs) == 1, f"one cgroup of pod {uid} under {base}: {dirs}")
+    out: dict[str, int] = {}
+    if base == v1:
+        for key, f in (("riops", "read_iops_device"), ("wiops", "write_iops_device"),
+                       ("rbps", "read_bps_device"), ("wbps", "write_bps_device")):
+            for line in (dirs[0] / f"blkio.throttle.{f}").read_text().splitlines():
+                dev, _, value = line.partition(" ")
+                if dev == majmin and int(value) > 0:
+                    out[key] = int(value)
+    else:
+        for line in (dirs[0] / "io.max").read_text().splitlines():
+            dev, _, rest = line.partition(" ")
+            if dev == majmin:
+                for kv in rest.split():
+                    k, _, v = kv.partition("=")
+                    if v != "max":
+                        out[k] = int(v)
+    return out
 
 
 def csi_raw_block(c: Cluster) -> None:
@@ -711,13 +841,7 @@ def csi_driver_restarted_under_running_pods(c: Cluster) -> None:
     (mnt / "before").write_text("1")
     c.stop_driver()
     c.start_driver()
-    # The sidecars that exit when the driver goes away restart, as in a pod.
-    try:
-        wait_until("the sidecars noticed the restart", lambda: not c.alive("csi-provisioner"), timeout=10)
-    except CaseFailed:
-        pass  # a provisioner that reconnects is fine too
-    restarted = c.restart_exited_sidecars()
-    log(f"restarted sidecars: {restarted}")
+    _restart_sidecars_after_driver(c)
     (mnt / "after").write_text("2")
     check((mnt / "before").read_text() == "1", "data written before the restart is there")
     check(c.get("pod", "steady")["status"]["phase"] == "Running", "the pod kept running")
@@ -726,6 +850,16 @@ def csi_driver_restarted_under_running_pods(c: Cluster) -> None:
     c.run_pod(pod("steady-check", "set -e; test -f /data/before && test -f /data/after", [pvc_vol("steady")]))
     c.delete("pvc", "steady")
     _wait_no_pvs(c)
+
+
+def _restart_sidecars_after_driver(c: Cluster) -> None:
+    """The sidecars that exit when the driver goes away restart, as in a pod."""
+    try:
+        wait_until("the sidecars noticed the restart", lambda: not c.alive("csi-provisioner"), timeout=10)
+    except CaseFailed:
+        pass  # a provisioner that reconnects is fine too
+    restarted = c.restart_exited_sidecars()
+    log(f"restarted sidecars: {restarted}")
 
 
 def flex_survives_kubelet_restart(c: Cluster) -> None:
@@ -791,6 +925,7 @@ CASES = [
     csi_snapshot_restore_and_clone,
     csi_expansion_xfs_online,
     csi_expansion_ext4_grows_at_next_stage,
+    csi_modify_volume_reaches_the_node,
     csi_raw_block,
     csi_ephemeral_inline,
     flex_bad_option_is_a_pod_event,
@@ -861,6 +996,7 @@ def main() -> int:
         try:
             c.up()
             c.start_driver()
+            c.start_central_controller()
             c.start_sidecars()
             for f in ("csidriver.yaml", "storageclasses.yaml", "snapshotclasses.yaml"):
                 c.kubectl("apply", "-f", str(ROOT / "deploy/kubernetes/base/csi" / f))
