@@ -613,6 +613,13 @@ def csi_modify_volume_reaches_the_node(c: Cluster) -> None:
     got = wait_until("class B's limits in the pod's cgroup",
                      lambda: limits() if limits() == {"riops": 200} else None, timeout=60)
     wait_until("direct I/O switched off", lambda: dio.read_text().strip() == "0", timeout=30)
+    # cgroup v1 throttles only a cgroup's own tasks: the containers' cgroups
+    # (made after NodePublish) carry the rule too.
+    containers = _container_io_limits(uid, majmin)
+    if containers is not None:
+        check(len(containers) >= 1, "the pod has container cgroups")
+        wait_until("class B's limits in every container cgroup of the pod",
+                   lambda: all(c_ == {"riops": 200} for c_ in _container_io_limits(uid, majmin) or []), timeout=30)
     log(f"class B in force {time.monotonic() - t:.1f}s after the patch: {got}")
     central = (c.dir / "logs" / "loopvol-controller.log").read_text(errors="replace")
     check(any("owning node applies" in line and handle in line for line in central.splitlines()),
@@ -651,10 +658,9 @@ def csi_modify_volume_reaches_the_node(c: Cluster) -> None:
     c.delete("volumeattributesclass", "e2e-vac-a", "e2e-vac-b", "e2e-vac-bad")
 
 
-def _pod_io_limits(uid: str, majmin: str) -> dict[str, int]:
-    """The I/O limits on one device in a pod's cgroup (kubelet's cgroupfs or
-    systemd layout): cgroup v1 blkio.throttle.* or v2 io.max, as
-    {"riops", "wiops", "rbps", "wbps"}; unlimited ones are left out."""
+def _pod_cgroup(uid: str) -> tuple[Path, bool]:
+    """A pod's cgroup (kubelet's cgroupfs or systemd layout) in the hierarchy
+    that controls block I/O, and whether that is cgroup v1."""
     root = Path("/sys/fs/cgroup")
     names = {f"pod{uid}", f"kubepods-pod{uid.replace('-', '_')}.slice"}
     v1 = root / "blkio"
@@ -662,16 +668,22 @@ def _pod_io_limits(uid: str, majmin: str) -> dict[str, int]:
     dirs = [d for top in ("kubepods", "kubepods.slice") for d in [base / top, *(base / top).rglob("*")]
             if d.is_dir() and (d.name in names or d.name.endswith(f"-pod{uid.replace('-', '_')}.slice"))]
     check(len(dirs) == 1, f"one cgroup of pod {uid} under {base}: {dirs}")
+    return dirs[0], base == v1
+
+
+def _io_limits_in(cgroup: Path, v1: bool, majmin: str) -> dict[str, int]:
+    """The I/O limits on one device in one cgroup: v1 blkio.throttle.* or v2
+    io.max, as {"riops", "wiops", "rbps", "wbps"}; unlimited ones left out."""
     out: dict[str, int] = {}
-    if base == v1:
+    if v1:
         for key, f in (("riops", "read_iops_device"), ("wiops", "write_iops_device"),
                        ("rbps", "read_bps_device"), ("wbps", "write_bps_device")):
-            for line in (dirs[0] / f"blkio.throttle.{f}").read_text().splitlines():
+            for line in (cgroup / f"blkio.throttle.{f}").read_text().splitlines():
                 dev, _, value = line.partition(" ")
                 if dev == majmin and int(value) > 0:
                     out[key] = int(value)
     else:
-        for line in (dirs[0] / "io.max").read_text().splitlines():
+        for line in (cgroup / "io.max").read_text().splitlines():
             dev, _, rest = line.partition(" ")
             if dev == majmin:
                 for kv in rest.split():
@@ -679,6 +691,21 @@ def _pod_io_limits(uid: str, majmin: str) -> dict[str, int]:
                     if v != "max":
                         out[k] = int(v)
     return out
+
+
+def _pod_io_limits(uid: str, majmin: str) -> dict[str, int]:
+    """The I/O limits on one device in a pod's cgroup."""
+    cgroup, v1 = _pod_cgroup(uid)
+    return _io_limits_in(cgroup, v1, majmin)
+
+
+def _container_io_limits(uid: str, majmin: str) -> list[dict[str, int]] | None:
+    """On cgroup v1 (where limits are not hierarchical), the limits in each
+    container cgroup below the pod's; None on v2 (the pod's rule holds)."""
+    cgroup, v1 = _pod_cgroup(uid)
+    if not v1:
+        return None
+    return [_io_limits_in(d, True, majmin) for d in sorted(cgroup.iterdir()) if d.is_dir()]
 
 
 def csi_raw_block(c: Cluster) -> None:
