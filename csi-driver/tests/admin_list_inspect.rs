@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use loopvol_backend::params::{Dialect, VolumeParams};
 use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Pool, PoolOptions, StageRequest};
 use loopvol_test_support::{privileged, Sandbox};
 use serde_json::Value;
@@ -117,6 +118,16 @@ fn inspect_shows_records_and_unknown_ids_fail() {
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(text.starts_with(&format!("Volume:         {a}\n")), "{text}");
     assert!(text.contains("Condition:      healthy"), "{text}");
+    assert!(text.contains("I/O limits:     none\n"), "{text}");
+
+    // After a modify: the limits as the record has them.
+    let mutable = [("readIOPS", "500"), ("writeBytesPerSecond", "50Mi")];
+    pool.modify_volume(&a, &VolumeParams::parse(mutable, Dialect::Mutable).unwrap()).unwrap();
+    let vol = json(&cli(pool.root(), &["inspect", &a, "-o", "json"]));
+    assert_eq!(vol["io_limits"]["read_iops"], 500, "{vol}");
+    assert_eq!(vol["io_limits"]["write_bytes_per_second"], 50 << 20, "{vol}");
+    let text = String::from_utf8(cli(pool.root(), &["inspect", &a]).stdout).unwrap();
+    assert!(text.contains("I/O limits:     readIOPS=500, writeBytesPerSecond=50Mi/s\n"), "{text}");
 
     for bad in ["no-such-volume", "../etc"] {
         let out = cli(pool.root(), &["inspect", bad]);

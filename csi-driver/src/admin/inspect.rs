@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use loopvol_backend::{Error, Pool, Snapshot, Volume};
+use loopvol_backend::{Error, IoLimits, Pool, Snapshot, Volume};
 use serde::Serialize;
 
 use super::list::{source_ref, SnapshotRow, SourceRef};
@@ -46,6 +46,10 @@ struct Target {
     path: PathBuf,
     read_only: bool,
     live: bool,
+    /// The pod it was published for (its cgroup gets the I/O limits).
+    pod_uid: Option<String>,
+    /// Why the I/O limits are not in force for that pod.
+    io_limits_problem: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,6 +71,8 @@ struct VolumeReport {
     direct_io: bool,
     /// The loop device's logical block size.
     block_size: u32,
+    /// Per-pod I/O limits (mutable parameters; 0 is unlimited).
+    io_limits: IoLimits,
     source: Option<SourceRef>,
     created_at: u64,
     parameters: BTreeMap<String, String>,
@@ -138,7 +144,13 @@ fn volume_report(pool: &Pool, vol: Volume) -> anyhow::Result<VolumeReport> {
     let published = state
         .published
         .iter()
-        .map(|(target, p)| Target { path: target.clone(), read_only: p.read_only, live: mounts.contains(target) })
+        .map(|(target, p)| Target {
+            path: target.clone(),
+            read_only: p.read_only,
+            live: mounts.contains(target),
+            pod_uid: p.pod_uid.clone(),
+            io_limits_problem: p.io_limits_problem.clone(),
+        })
         .collect();
     Ok(VolumeReport {
         kind: "volume",
@@ -157,6 +169,7 @@ fn volume_report(pool: &Pool, vol: Volume) -> anyhow::Result<VolumeReport> {
         thick: vol.thick,
         direct_io: vol.direct_io,
         block_size,
+        io_limits: vol.io_limits,
         created_at: vol.created_at,
         parameters: vol.parameters,
         formatted: vol.formatted,
@@ -209,6 +222,7 @@ fn render_volume(r: &VolumeReport) -> String {
         _ => "buffered (directIO=false)",
     };
     kv(&mut out, "I/O:", format!("{io}, {}-byte blocks", r.block_size));
+    kv(&mut out, "I/O limits:", limits_line(&r.io_limits));
     match &r.staging {
         Some(s) => kv(
             &mut out,
@@ -221,10 +235,12 @@ fn render_volume(r: &VolumeReport) -> String {
         kv(&mut out, "Published at:", "-");
     }
     for t in &r.published {
+        let pod = t.pod_uid.as_ref().map_or(String::new(), |uid| format!(" for pod {uid}"));
+        let problem = t.io_limits_problem.as_ref().map_or(String::new(), |why| format!("; limits not in force: {why}"));
         kv(
             &mut out,
             "Published at:",
-            format!("{}{}{}", t.path.display(), if t.read_only { " (ro)" } else { "" }, gone(t.live)),
+            format!("{}{}{pod}{}{problem}", t.path.display(), if t.read_only { " (ro)" } else { "" }, gone(t.live)),
         );
     }
     for m in &r.mounts {
@@ -233,6 +249,25 @@ fn render_volume(r: &VolumeReport) -> String {
     let health = if r.condition.abnormal { "ABNORMAL" } else { "healthy" };
     kv(&mut out, "Condition:", format!("{health}: {}", r.condition.message));
     out
+}
+
+/// `readIOPS=500, writeBytesPerSecond=50Mi`, or `none`.
+fn limits_line(l: &IoLimits) -> String {
+    let parts: Vec<String> = [
+        ("readIOPS", l.read_iops, false),
+        ("writeIOPS", l.write_iops, false),
+        ("readBytesPerSecond", l.read_bytes_per_second, true),
+        ("writeBytesPerSecond", l.write_bytes_per_second, true),
+    ]
+    .into_iter()
+    .filter(|(_, v, _)| *v > 0)
+    .map(|(k, v, bytes)| if bytes { format!("{k}={}/s", human(v)) } else { format!("{k}={v}") })
+    .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn gone(live: bool) -> &'static str {
