@@ -109,6 +109,7 @@ pub struct Metrics {
     pool_allocated: Gauge,
     pool_reserved: Gauge,
     pool_buffered: Gauge,
+    pool_limits_not_in_force: Gauge,
     volume_allocated: Family<VolumeLabels, Gauge>,
 }
 
@@ -168,6 +169,12 @@ impl Metrics {
             "loopvol_pool_buffered_volumes",
             "Staged volumes that asked for direct I/O and got a buffered loop device (the pool's filesystem refused O_DIRECT)",
         );
+        let pool_limits_not_in_force = gauge(
+            &mut registry,
+            "loopvol_pool_io_limits_not_in_force",
+            "Published targets whose pod did not get the volume's I/O limits (its cgroup was not found or refused \
+             them); the volume's condition says why",
+        );
         let volume_allocated = Family::<VolumeLabels, Gauge>::default();
         registry.register(
             "loopvol_volume_allocated_bytes",
@@ -187,6 +194,7 @@ impl Metrics {
             pool_allocated,
             pool_reserved,
             pool_buffered,
+            pool_limits_not_in_force,
             volume_allocated,
         }
     }
@@ -210,6 +218,7 @@ impl Metrics {
                 self.pool_allocated.set(gauge_value(stats.allocated));
                 self.pool_reserved.set(gauge_value(stats.reserved));
                 self.pool_buffered.set(gauge_value(stats.buffered));
+                self.pool_limits_not_in_force.set(gauge_value(stats.limits_not_in_force));
                 // Deleted volumes leave the family.
                 self.volume_allocated.clear();
                 for (volume, bytes) in stats.per_volume {
@@ -254,6 +263,8 @@ pub struct PoolStats {
     pub loop_devices: usize,
     /// Staged volumes that asked for direct I/O and got a buffered device.
     pub buffered: usize,
+    /// Published targets whose pod did not get the volume's I/O limits.
+    pub limits_not_in_force: usize,
     /// Allocated bytes of each volume's image.
     pub per_volume: Vec<(String, u64)>,
 }
@@ -264,10 +275,12 @@ impl PoolStats {
         let loop_devices = pool.attached_devices()?.len();
         let volumes = pool.volumes()?;
         let mut buffered = 0;
+        let mut limits_not_in_force = 0;
         let mut per_volume = Vec::with_capacity(volumes.len());
         for vol in &volumes {
             let state = pool.node_state(&vol.id).unwrap_or_default();
-            buffered += usize::from(vol.direct_io && state.staged.is_some_and(|st| !st.direct_io));
+            buffered += usize::from(vol.direct_io && state.staged.as_ref().is_some_and(|st| !st.direct_io));
+            limits_not_in_force += state.published.values().filter(|p| p.io_limits_problem.is_some()).count();
             per_volume.push((vol.id.clone(), pool.allocated_bytes(&vol.id).unwrap_or(0)));
         }
         Ok(PoolStats {
@@ -279,6 +292,7 @@ impl PoolStats {
             snapshots: pool.snapshots()?.len(),
             loop_devices,
             buffered,
+            limits_not_in_force,
             per_volume,
         })
     }

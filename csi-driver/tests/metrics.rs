@@ -78,6 +78,7 @@ async fn metrics_count_rpcs_by_method_and_code_and_report_the_pool() {
         ("loopvol_pool_volumes", 2.0),
         ("loopvol_pool_snapshots", 1.0),
         ("loopvol_pool_loop_devices", 0.0),
+        ("loopvol_pool_io_limits_not_in_force", 0.0),
     ] {
         assert_eq!(sample(&body, series), Some(want), "{series} in\n{body}");
     }
@@ -136,6 +137,31 @@ async fn metrics_count_the_pools_attached_loop_devices() {
     let body = scrape(&s).await;
     assert_eq!(sample(&body, "loopvol_pool_loop_devices"), Some(1.0), "{body}");
     assert_eq!(sample(&body, "loopvol_pool_volumes"), Some(2.0), "{body}");
+    assert_eq!(sample(&body, "loopvol_pool_io_limits_not_in_force"), Some(0.0), "{body}");
+
+    // A limited volume published for a pod whose cgroup does not exist.
+    let modify = csi::ControllerModifyVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        mutable_parameters: HashMap::from([("readIOPS".to_string(), "100".to_string())]),
+        ..Default::default()
+    };
+    s.controller.controller_modify_volume(modify).await.unwrap();
+    let target = s.target("metrics-pod");
+    let publish = csi::NodePublishVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        staging_target_path: staging.to_string_lossy().into_owned(),
+        target_path: target.to_string_lossy().into_owned(),
+        volume_capability: Some(mount_rw()),
+        volume_context: HashMap::from([(
+            "csi.storage.k8s.io/pod.uid".to_string(),
+            "00000000-0000-4000-8000-00000000dead".to_string(),
+        )]),
+        ..Default::default()
+    };
+    s.node.node_publish_volume(publish).await.unwrap();
+    let body = scrape(&s).await;
+    assert_eq!(sample(&body, "loopvol_pool_io_limits_not_in_force"), Some(1.0), "{body}");
+    s.unpublish(&vol.volume_id, &target).await.unwrap();
     s.unstage(&vol.volume_id, &staging).await.unwrap();
 }
 
