@@ -18,7 +18,7 @@ use loopvol_proto::v1 as csi;
 use loopvol_proto::v1::controller_service_capability::rpc::Type as CapType;
 use loopvol_proto::v1::volume_capability::access_mode::Mode;
 use loopvol_test_support::cgroup::{rdev, TestPodCgroup};
-use loopvol_test_support::{eventually, privileged};
+use loopvol_test_support::{eventually, loops_under, privileged};
 use tonic::Code;
 
 const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
@@ -67,15 +67,9 @@ async fn publish_for(s: &mut Server, id: &str, staging: &Path, target: &Path, po
 /// The loop device backed by the volume's image.
 fn device_of(s: &Server, id: &str) -> PathBuf {
     let image = s.pool.join("volumes").join(format!("{id}.img"));
-    for entry in fs::read_dir("/sys/block").expect("sysfs").flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Ok(backing) = fs::read_to_string(entry.path().join("loop/backing_file")) {
-            if Path::new(backing.trim()) == image {
-                return PathBuf::from(format!("/dev/{name}"));
-            }
-        }
-    }
-    panic!("no loop device for {}", image.display());
+    let devices = loops_under(&image);
+    assert_eq!(devices.len(), 1, "one loop device for {}: {devices:?}", image.display());
+    devices[0].clone()
 }
 
 fn dio(device: &Path) -> bool {

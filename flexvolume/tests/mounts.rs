@@ -420,19 +420,6 @@ fn unmount_succeeds_when_the_pool_lost_the_volume() {
     assert_eq!(mount_count(&pod), 0);
 }
 
-/// The loop device backed by the pool's image of `id`.
-fn device_of(pool: &Path, id: &str) -> std::path::PathBuf {
-    let image = pool.join("volumes").join(format!("{id}.img"));
-    for entry in fs::read_dir("/sys/block").unwrap().flatten() {
-        if let Ok(backing) = fs::read_to_string(entry.path().join("loop/backing_file")) {
-            if Path::new(backing.trim()) == image {
-                return Path::new("/dev").join(entry.file_name());
-            }
-        }
-    }
-    panic!("no loop device for {}", image.display());
-}
-
 #[test]
 fn io_limits_from_pv_options_reach_the_pods_cgroups() {
     if !loopvol_test_support::privileged("io_limits_from_pv_options_reach_the_pods_cgroups") {
@@ -447,7 +434,9 @@ fn io_limits_from_pv_options_reach_the_pods_cgroups() {
         mount_json("pv-lim", &[("size", "64Mi"), ("readIOPS", iops), ("kubernetes.io/pod.uid", uid)])
     };
     w.run(&["mount", p(&dir_a), &json(&pod_a.uid, "300")]).ok().golden(SUCCESS);
-    let dev = rdev(&device_of(&w.pool, "pv-lim"));
+    let devices = loops_under(&w.pool.join("volumes/pv-lim.img"));
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    let dev = rdev(&devices[0]);
     assert_eq!(pod_a.rule(dev, "read_iops_device"), 300, "kubelet's pod.uid names the cgroup");
 
     // The PV's options changed (a second pod mounts with new ones): both

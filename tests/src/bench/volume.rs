@@ -117,17 +117,30 @@ fn write_state(path: &Path, record: &Value) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// The record `create` kept of the volume `name`, and where it is.
+fn read_record(ctx: &Ctx, name: &str) -> anyhow::Result<(Value, PathBuf)> {
+    check_name(name)?;
+    let state = state_path(&ctx.work, name);
+    let text =
+        std::fs::read_to_string(&state).with_context(|| format!("volume {name}: reading {}", state.display()))?;
+    let record = serde_json::from_str(&text).with_context(|| format!("parsing {}", state.display()))?;
+    Ok((record, state))
+}
+
+fn volume_id<'a>(record: &'a Value, state: &Path) -> anyhow::Result<&'a str> {
+    record["volume_id"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .with_context(|| format!("{}: record without a volume_id", state.display()))
+}
+
 /// kubelet's key for the pod's UID in NodePublish's volume context.
 const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
 
 /// ControllerModifyVolume of the volume `name` made by [`create`].
 pub async fn modify(ctx: &Ctx, name: &str, mutable_parameters: HashMap<String, String>) -> anyhow::Result<()> {
-    check_name(name)?;
-    let state = state_path(&ctx.work, name);
-    let text =
-        std::fs::read_to_string(&state).with_context(|| format!("volume {name}: reading {}", state.display()))?;
-    let record: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", state.display()))?;
-    let id = record["volume_id"].as_str().filter(|s| !s.is_empty()).context("record without a volume_id")?;
+    let (record, state) = read_record(ctx, name)?;
+    let id = volume_id(&record, &state)?;
     let req =
         csi::ControllerModifyVolumeRequest { volume_id: id.to_string(), mutable_parameters, ..Default::default() };
     ctx.csi
@@ -143,12 +156,8 @@ pub async fn modify(ctx: &Ctx, name: &str, mutable_parameters: HashMap<String, S
 /// (retrying transient errors), then forgets it. A volume this work dir has
 /// no record of is an error.
 pub async fn remove(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
-    check_name(name)?;
-    let state = state_path(&ctx.work, name);
-    let text =
-        std::fs::read_to_string(&state).with_context(|| format!("volume {name}: reading {}", state.display()))?;
-    let record: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", state.display()))?;
-    let id = record["volume_id"].as_str().filter(|s| !s.is_empty()).context("record without a volume_id")?;
+    let (record, state) = read_record(ctx, name)?;
+    let id = volume_id(&record, &state)?;
     let volume_context = record["volume_context"]
         .as_object()
         .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
