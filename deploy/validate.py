@@ -1143,18 +1143,24 @@ def all_errors(t: Target, objs: list[dict]) -> list[str]:
     return errs
 
 
-def self_test(res: Results, default: Target, objs: list[dict]) -> None:
-    baseline = all_errors(default, objs)
-    res.check("self-test: baseline is clean", [f"baseline already fails: {e}" for e in baseline[:3]])
-    for name, brk in BREAKS:
+def run_breaks(res: Results, label: str, t: Target, objs: list[dict],
+               breaks: list[tuple[str, Callable[[list[dict]], None]]]) -> None:
+    """Each break, applied to a copy of `objs`, must be caught by the checks."""
+    for name, brk in breaks:
         broken = copy.deepcopy(objs)
         try:
             brk(broken)
         except (KeyError, IndexError, TypeError) as e:
-            res.check(f"self-test: {name}", [f"could not apply the break ({e!r}); update BREAKS"])
+            res.check(f"{label}: {name}", [f"could not apply the break ({e!r}); update its break list"])
             continue
-        caught = all_errors(default, broken)
-        res.check(f"self-test: {name}", [] if caught else ["the break went unnoticed"])
+        caught = all_errors(t, broken)
+        res.check(f"{label}: {name}", [] if caught else ["the break went unnoticed"])
+
+
+def self_test(res: Results, default: Target, objs: list[dict]) -> None:
+    baseline = all_errors(default, objs)
+    res.check("self-test: baseline is clean", [f"baseline already fails: {e}" for e in baseline[:3]])
+    run_breaks(res, "self-test", default, objs, BREAKS)
     # The components' JSON patches test what they replace: a base whose
     # volumes were reordered must make the render fail, not patch blindly.
     tree = WORK / "selftest-tree"
@@ -1188,15 +1194,7 @@ SNAPSHOT_METADATA_BREAKS: list[tuple[str, Callable[[list[dict]], None]]] = [
 
 
 def component_self_test(res: Results, t: Target, objs: list[dict]) -> None:
-    for name, brk in SNAPSHOT_METADATA_BREAKS:
-        broken = copy.deepcopy(objs)
-        try:
-            brk(broken)
-        except (KeyError, IndexError, TypeError) as e:
-            res.check(f"self-test snapshot-metadata: {name}", [f"could not apply the break ({e!r})"])
-            continue
-        caught = all_errors(t, broken)
-        res.check(f"self-test snapshot-metadata: {name}", [] if caught else ["the break went unnoticed"])
+    run_breaks(res, "self-test snapshot-metadata", t, objs, SNAPSHOT_METADATA_BREAKS)
 
 
 # --------------------------------------------------------------------------

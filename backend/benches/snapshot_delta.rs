@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use loopvol_backend::test_hooks::extents::{self, DeltaStats};
 use loopvol_backend::{AccessType, CapacityRange, CreateVolume, Lifecycle, Pool, PoolOptions};
-use loopvol_test_support::{privileged, Sandbox};
+use loopvol_test_support::{privileged, Rng, Sandbox};
 
 const GIB: u64 = 1 << 30;
 const BLOCK: u64 = 4096;
@@ -27,25 +27,6 @@ fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// xorshift64*: reproducible data and offsets without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
 }
 
 /// Drops the file's pages from the page cache (it is clean: fsynced), so
@@ -141,7 +122,7 @@ fn bench(fs: &'static str, size: u64) -> Row {
     let blocks = size / BLOCK;
     let mut chosen = BTreeSet::new();
     while (chosen.len() as u64) < blocks / 100 {
-        chosen.insert(rng.next() % blocks);
+        chosen.insert(rng.next_u64() % blocks);
     }
     {
         let f = File::options().write(true).open(&vol_image).expect("open volume");

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use loopvol_backend::{AccessType, CreateVolume, Error, FsType, Pool, PoolOptions, StageRequest};
-use loopvol_test_support::{privileged, volume_request, Sandbox};
+use loopvol_backend::{CreateVolume, Error, FsType, Pool, PoolOptions};
+use loopvol_test_support::{privileged, stage_volume, volume_request, Sandbox};
 
 const MIB: u64 = 1 << 20;
 
@@ -72,14 +72,7 @@ fn an_overcommitted_pool_warns_before_it_is_full_and_its_catalog_survives() {
     assert!(!pool.condition(&vol.id).unwrap().abnormal);
 
     let staging = sandbox.path().join("staging");
-    let stage = StageRequest {
-        staging_path: staging.clone(),
-        access_type: AccessType::Mount,
-        fs_type: None,
-        read_only: false,
-        mount_options: vec![],
-    };
-    pool.stage(&vol.id, &stage).unwrap();
+    stage_volume(&pool, &vol.id, &staging);
     // Fill the volume until the pool's real free space drops below 20%: the
     // condition turns abnormal while writes still succeed.
     let mut warned_at = None;

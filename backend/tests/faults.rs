@@ -16,7 +16,7 @@ use loopvol_backend::{
     StageRequest,
 };
 use loopvol_test_support::{
-    cleanup_under, eventually, loop_devices, loops_under, mount_count, mounts_under, privileged, Sandbox,
+    cleanup_under, eventually, loop_devices, loops_under, mount_count, mounts_under, privileged, Rng, Sandbox,
 };
 
 const MIB: u64 = 1 << 20;
@@ -386,23 +386,6 @@ fn reboot_under_a_running_pool_converges() {
 }
 
 // ---- races ----
-
-/// A tiny deterministic PRNG (xorshift64*), so the tests need no crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        let n = u64::try_from(n).expect("small bound");
-        usize::try_from(self.next() % n).expect("below a usize bound")
-    }
-}
 
 const TARGETS: usize = 3;
 

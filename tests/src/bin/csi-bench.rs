@@ -371,14 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 run_id: r.run_id.clone(),
             });
             let out = lifecycle::run(ctx, count, concurrency).await;
-            doc["lifecycles"] = json!({
-                "requested": count,
-                "completed": out.completed,
-                "failed": out.failed,
-                "interrupted": out.interrupted,
-                "wall_s": out.wall.as_secs_f64(),
-                "per_s": out.completed as f64 / out.wall.as_secs_f64().max(1e-9),
-            });
+            doc["lifecycles"] = lifecycles_json(count, &out);
             not_undone = out.leftovers;
             out.failed == 0 && out.interrupted == 0
         }
@@ -506,14 +499,7 @@ async fn lifecycle_pair(
     }
     let mut code = 0;
     for (r, (mut doc, _, rec, out)) in runs.iter().zip(drivers) {
-        doc["lifecycles"] = json!({
-            "requested": count,
-            "completed": out.completed,
-            "failed": out.failed,
-            "interrupted": out.interrupted,
-            "wall_s": out.wall.as_secs_f64(),
-            "per_s": out.completed as f64 / out.wall.as_secs_f64().max(1e-9),
-        });
+        doc["lifecycles"] = lifecycles_json(count, &out);
         let ok = out.failed == 0 && out.interrupted == 0;
         let _ = Csi::wait_ready(&r.socket, Duration::from_secs(10)).await;
         doc["driver_rss"]["after"] = r.rss();
@@ -654,6 +640,18 @@ async fn volume(cli: &Cli, action: &VolumeAction) -> anyhow::Result<i32> {
         },
     };
     Ok(if bench::stopped() && code == 0 { 130 } else { code })
+}
+
+/// The `lifecycles` section of a result document.
+fn lifecycles_json(count: usize, out: &lifecycle::Outcome) -> Value {
+    json!({
+        "requested": count,
+        "completed": out.completed,
+        "failed": out.failed,
+        "interrupted": out.interrupted,
+        "wall_s": out.wall.as_secs_f64(),
+        "per_s": out.completed as f64 / out.wall.as_secs_f64().max(1e-9),
+    })
 }
 
 fn not_undone_empty(doc: &Value) -> bool {

@@ -197,3 +197,30 @@ pub fn broken_pool(sandbox: &Sandbox) -> BrokenPool {
     std::fs::remove_file(vols.join(format!("{lost}.json"))).unwrap();
     BrokenPool { pool, healthy, healthy_staging, orphan, no_image, unused, stale, stale_staging, lost, lost_staging }
 }
+
+/// A tiny deterministic PRNG (xorshift64*): reproducible data, offsets and
+/// choices for tests and benchmarks without a crate.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Fills `buf` with pseudo-random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+
+    /// A number below `n` (> 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        let n = u64::try_from(n).expect("small bound");
+        usize::try_from(self.next_u64() % n).expect("below a usize bound")
+    }
+}
