@@ -20,11 +20,16 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// Starts the driver as kubelet does, without waiting for it.
-fn spawn(w: &FlexWorld, args: &[&str]) -> Child {
-    Command::new(EXE)
+/// Starts the driver as kubelet does, without waiting for it; with
+/// `failpoint`, it aborts there (backend/src/failpoint.rs).
+fn spawn(w: &FlexWorld, args: &[&str], failpoint: Option<&str>) -> Child {
+    let mut command = Command::new(EXE);
+    command.env_clear();
+    if let Some(point) = failpoint {
+        command.env(loopvol_backend::failpoint::ENV, point);
+    }
+    command
         .args(args)
-        .env_clear()
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .env("LOOPVOL_FLEX_CONFIG", &w.config)
         .current_dir("/")
@@ -140,7 +145,7 @@ fn killed_mount_converges_on_rerun_or_unmount() {
         // Spread the kills over the whole call, deterministically.
         let span = if trial % 4 == 0 { window_new } else { window };
         let delay = Duration::from_micros(span * u64::from(trial * 37 % trials) / u64::from(trials));
-        let mut child = spawn(&w, &["mount", p(&pod), &v.json]);
+        let mut child = spawn(&w, &["mount", p(&pod), &v.json], None);
         std::thread::sleep(delay);
         match child.try_wait().unwrap() {
             Some(_) => finished_before_kill += 1,
@@ -178,4 +183,85 @@ fn killed_mount_converges_on_rerun_or_unmount() {
     assert!(kills > 0, "no trial killed a running mount");
     let log = w.log();
     assert!(!log.contains(SECRET) && !log.contains(&secret_b64()), "no secret in the log");
+}
+
+/// The driver is killed while its mkfs runs, and kubelet retries at once.
+/// The orphaned mkfs still holds the device open; the retry must wait for
+/// it (it inherited the volume's lock), not run a second mkfs and fail with
+/// "apparently in use" (CI, stop 16). mkfs takes milliseconds here, so the
+/// test freezes it (SIGSTOP) once it has the device open, kills the
+/// driver, starts the retry, and thaws mkfs a moment later.
+#[test]
+fn a_retry_waits_for_the_mkfs_a_killed_mount_left_running() {
+    if !loopvol_test_support::privileged("a_retry_waits_for_the_mkfs_a_killed_mount_left_running") {
+        return;
+    }
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let w = FlexWorld::new(EXE, false);
+    let _g = w.guard();
+    let mut caught = 0;
+    for round in 0..40 {
+        let what = format!("round {round}");
+        let pv = format!("pv-orphan-{round}");
+        let mut v = Vol { json: mount_json(&pv, &[("size", "32Mi")]), pv, data: None };
+        let pod = w.pod_dir(&format!("pod-{round}"), &v.pv);
+        let mut driver = spawn(&w, &["mount", p(&pod), &v.json], None);
+        let Some(mkfs) = frozen_child_holding_a_loop_device(&mut driver, "mkfs.ext4") else {
+            // Finished before it was caught: clean up and try again.
+            driver.wait().unwrap();
+            let out = w.run(&["unmount", p(&pod)]);
+            assert_eq!(out.status(), "Success", "{what}: unmount: {}", out.raw);
+            assert_released(&w, &what);
+            continue;
+        };
+        caught += 1;
+        driver.kill().unwrap(); // SIGKILL
+        driver.wait().unwrap();
+        let retry = std::thread::scope(|scope| {
+            let retry = scope.spawn(|| w.run(&["mount", p(&pod), &v.json]));
+            // Gives a retry that does not wait the time to collide with mkfs.
+            std::thread::sleep(Duration::from_millis(300));
+            kill(mkfs, Signal::SIGCONT).unwrap();
+            retry.join().unwrap()
+        });
+        assert_eq!(retry.status(), "Success", "{what}: retried mount: {}", retry.raw);
+        check_mounted(&w, &v, &pod, &what);
+        let out = w.run(&["unmount", p(&pod)]);
+        assert_eq!(out.status(), "Success", "{what}: unmount: {}", out.raw);
+        assert_released(&w, &what);
+        let again = w.pod_dir(&format!("pod-{round}-again"), &v.pv);
+        full_cycle(&w, &mut v, &again, 7, &what);
+        if caught == 3 {
+            break;
+        }
+    }
+    assert!(caught > 0, "mkfs was never caught running");
+
+    /// Polls for a child of `driver` named `program` with a loop device
+    /// open and stops it there; None once the driver has exited.
+    fn frozen_child_holding_a_loop_device(driver: &mut Child, program: &str) -> Option<Pid> {
+        let parent = driver.id().to_string();
+        while driver.try_wait().unwrap().is_none() {
+            for entry in fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+                // pid (comm) state ppid ...
+                let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+                let ppid = rest.split(' ').nth(1);
+                if !head.ends_with(&format!("({program}")) || ppid != Some(parent.as_str()) {
+                    continue;
+                }
+                let pid = Pid::from_raw(entry.file_name().to_str().unwrap().parse().unwrap());
+                let holds_loop = fs::read_dir(entry.path().join("fd"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with("/dev/loop")));
+                if holds_loop && nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).is_ok() {
+                    return Some(pid);
+                }
+            }
+        }
+        None
+    }
 }

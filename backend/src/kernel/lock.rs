@@ -1,8 +1,16 @@
 //! Per-object file locks in the pool. FlexVolume calls are separate processes
 //! and the CSI server is a daemon; `flock(2)` on a lock file serialises them
-//! all, and the kernel drops the lock if a holder dies.
+//! all, and the kernel drops the lock once no process holds it open.
+//!
+//! A tool we run (mkfs, fsck, resize2fs) inherits the locks its thread holds
+//! (see [`held_by_this_thread`]): if we are killed while it runs, the tool
+//! keeps the volume locked until it exits, so a retried call waits for it
+//! instead of finding the device busy or half-formatted.
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
@@ -13,10 +21,33 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
 
-/// A held lock; released when dropped.
+/// A held lock; released when dropped. Not `Send`: the thread that took it
+/// is the one whose tools inherit it.
 #[derive(Debug)]
 pub struct Guard {
-    _lock: Flock<File>,
+    lock: Flock<File>,
+    _this_thread: PhantomData<*const ()>,
+}
+
+thread_local! {
+    /// The fds of the locks this thread holds, oldest first.
+    static HELD: RefCell<Vec<RawFd>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let fd = self.lock.as_raw_fd();
+        HELD.with(|held| held.borrow_mut().retain(|&h| h != fd));
+        // `Flock` unlocks and closes after this.
+    }
+}
+
+/// The fds of the locks the calling thread holds: a child it spawns keeps
+/// them open (clear FD_CLOEXEC in the child), so the locks outlive us while
+/// the child runs. Harmless while we live: we unlock explicitly on drop,
+/// which releases the lock whoever else has the file open.
+pub fn held_by_this_thread() -> Vec<RawFd> {
+    HELD.with(|held| held.borrow().clone())
 }
 
 /// Takes the exclusive lock `dir/<name>.lock`, polling for up to `wait`
@@ -36,7 +67,10 @@ pub fn acquire(dir: &Path, name: &str, wait: Duration) -> Result<Guard> {
             .open(&path)
             .map_err(|e| Error::io("open lock", &path, e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(Guard { _lock: lock }),
+            Ok(lock) => {
+                HELD.with(|held| held.borrow_mut().push(lock.as_raw_fd()));
+                return Ok(Guard { lock, _this_thread: PhantomData });
+            }
             Err((_, Errno::EWOULDBLOCK)) => {}
             Err((_, Errno::EINTR)) => continue,
             Err((_, errno)) => return Err(Error::sys("flock", &path, errno)),
@@ -48,6 +82,19 @@ pub fn acquire(dir: &Path, name: &str, wait: Duration) -> Result<Guard> {
         // Short pauses: the locks guard steps of milliseconds, and a waiter
         // should not sleep long after the holder is done.
         pause = (pause * 2).min(Duration::from_millis(8));
+    }
+}
+
+#[cfg(test)]
+impl Guard {
+    /// What our death does to the lock: the fd is closed without unlocking,
+    /// so it stays locked while a child we spawned holds the file open.
+    pub(crate) fn close_as_if_killed(self) {
+        let this = std::mem::ManuallyDrop::new(self);
+        let fd = this.lock.as_raw_fd();
+        HELD.with(|held| held.borrow_mut().retain(|&h| h != fd));
+        // SAFETY: the fd is ours and never used again (the guard is not dropped).
+        unsafe { libc::close(fd) };
     }
 }
 

@@ -56,6 +56,7 @@ pub fn run_any<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<Output> {
         .env("LC_ALL", "C")
         // Tools that run helpers themselves (mkfs.btrfs, fsck) need a PATH.
         .env("PATH", SEARCH_DIRS.join(":"));
+    inherit_locks(&mut command);
     let child = command.spawn().map_err(|e| Error::io("spawn", &path, e))?;
     let (output, timed_out) = wait_with_timeout(child, TIMEOUT).map_err(|e| Error::io("wait for", &path, e))?;
     tracing::debug!(
@@ -73,6 +74,32 @@ pub fn run_any<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<Output> {
         });
     }
     Ok(output)
+}
+
+/// Lets the tool inherit the pool locks this thread holds: were we killed
+/// while it runs (kubelet's timeout, an OOM kill, a daemon restart), the
+/// volume stays locked until the tool exits, and a retry waits for it
+/// rather than running a second mkfs on a device the first still holds
+/// (found by flexvolume/tests/crash.rs).
+fn inherit_locks(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let fds = super::lock::held_by_this_thread();
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: between fork and exec the closure only calls fcntl(2), which
+    // is async-signal-safe, on fds it already owns a list of (no allocation).
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &fds {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The `Error::Tool` for a finished, failed run.
@@ -246,6 +273,34 @@ mod tests {
         let (out, timed_out) = wait_with_timeout(child, Duration::from_millis(50)).unwrap();
         assert!(timed_out);
         assert!(!out.status.success());
+    }
+
+    /// A tool outliving a killed caller keeps the caller's locks until it
+    /// exits; a tool of a thread without locks gets none.
+    #[test]
+    fn a_tool_inherits_the_locks_of_its_thread() {
+        use crate::kernel::lock;
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock::acquire(dir.path(), "vol-a", Duration::ZERO).unwrap();
+        assert_eq!(lock::held_by_this_thread().len(), 1);
+        // A background sleep stands for a tool still running when we die.
+        let out = run("sh", &["-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"]).unwrap();
+        let pid: i32 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+        held.close_as_if_killed();
+        assert!(lock::held_by_this_thread().is_empty());
+        let busy = lock::acquire(dir.path(), "vol-a", Duration::from_millis(50));
+        // SAFETY: plain kill(2) of the sleep started above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert!(matches!(busy, Err(Error::Busy(_))), "the tool must keep the lock: {busy:?}");
+        let again = lock::acquire(dir.path(), "vol-a", Duration::from_secs(5)).expect("free once the tool is gone");
+
+        // Only the tools of the thread holding a lock get it.
+        let open_files = || run_any("sh", &["-c", "for f in /proc/$$/fd/*; do readlink \"$f\"; done"]).unwrap().stdout;
+        let lock_path = dir.path().join("vol-a.lock").to_string_lossy().into_owned();
+        assert!(String::from_utf8_lossy(&open_files()).contains(&lock_path));
+        let elsewhere = std::thread::spawn(open_files).join().unwrap();
+        assert!(!String::from_utf8_lossy(&elsewhere).contains(&lock_path));
+        drop(again);
     }
 
     #[test]
