@@ -526,6 +526,22 @@ pub fn find(image: &Path) -> Result<Option<LoopDevice>> {
     Ok(list()?.into_iter().find(|e| e.backing == id).map(|e| e.device))
 }
 
+/// `device` when it is bound to `image` (same device and inode): one
+/// ioctl on a device known from a record, where [`find`] scans them all.
+/// None when it is unbound, bound to another file, or not a loop device.
+pub fn bound_to(device: &Path, image: &Path) -> Result<Option<LoopDevice>> {
+    let number = device.to_str().and_then(|p| p.strip_prefix("/dev/loop")).and_then(|n| n.parse::<u32>().ok());
+    let Some(number) = number else { return Ok(None) };
+    let device = LoopDevice::from_number(number);
+    let id = image_id(image)?;
+    let file = match open_device(&device.path, false) {
+        Ok(file) => file,
+        Err(e) if matches!(errno_of(&e), Errno::ENOENT | Errno::ENXIO | Errno::ENODEV) => return Ok(None),
+        Err(e) => return Err(Error::io("open loop device", &device.path, e)),
+    };
+    Ok(status(&file, &device.path)?.filter(|(backing, _)| *backing == id).map(|_| device))
+}
+
 /// Every bound loop device, sorted by number: the one scan of loop devices
 /// in loopvol. Read-only; devices that are unbound while we look are left out.
 ///
