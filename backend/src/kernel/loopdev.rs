@@ -526,20 +526,18 @@ pub fn find(image: &Path) -> Result<Option<LoopDevice>> {
     Ok(list()?.into_iter().find(|e| e.backing == id).map(|e| e.device))
 }
 
-/// `device` when it is bound to `image` (same device and inode): one
-/// ioctl on a device known from a record, where [`find`] scans them all.
-/// None when it is unbound, bound to another file, or not a loop device.
-pub fn bound_to(device: &Path, image: &Path) -> Result<Option<LoopDevice>> {
+/// The entry of `device` when it is bound to `image` (same device and
+/// inode): a few syscalls on a device known from a record, where [`find`]
+/// and [`list`] read every loop device on the node. None when it is
+/// unbound, bound to another file, or not a loop device's path.
+///
+/// Errors: `image` cannot be stat'ed or is not a regular file; the device
+/// cannot be opened or queried for another reason than being gone.
+pub fn bound_to(device: &Path, image: &Path) -> Result<Option<LoopEntry>> {
     let number = device.to_str().and_then(|p| p.strip_prefix("/dev/loop")).and_then(|n| n.parse::<u32>().ok());
     let Some(number) = number else { return Ok(None) };
-    let device = LoopDevice::from_number(number);
     let id = image_id(image)?;
-    let file = match open_device(&device.path, false) {
-        Ok(file) => file,
-        Err(e) if matches!(errno_of(&e), Errno::ENOENT | Errno::ENXIO | Errno::ENODEV) => return Ok(None),
-        Err(e) => return Err(Error::io("open loop device", &device.path, e)),
-    };
-    Ok(status(&file, &device.path)?.filter(|(backing, _)| *backing == id).map(|_| device))
+    Ok(entry(number)?.filter(|e| e.backing == id))
 }
 
 /// Every bound loop device, sorted by number: the one scan of loop devices
@@ -552,22 +550,28 @@ pub fn list() -> Result<Vec<LoopEntry>> {
     numbers.sort_unstable();
     let mut out = Vec::with_capacity(numbers.len());
     for number in numbers {
-        let device = LoopDevice::from_number(number);
-        let file = match open_device(&device.path, false) {
-            Ok(file) => file,
-            // Gone (LOOP_CTL_REMOVE) or no node for it in this /dev.
-            Err(e) if matches!(errno_of(&e), Errno::ENOENT | Errno::ENXIO | Errno::ENODEV) => continue,
-            Err(e) => return Err(Error::io("open loop device", &device.path, e)),
-        };
-        let Some((backing, flags)) = status(&file, &device.path)? else { continue };
-        let rdev = file.metadata().map(|m| m.rdev()).unwrap_or(0);
-        let sys = format!("/sys/block/loop{number}/loop/backing_file");
-        let backing_path = std::fs::read_to_string(sys).unwrap_or_default();
-        let backing_path = PathBuf::from(backing_path.trim_end().trim_end_matches(" (deleted)"));
-        let autoclear = flags & sys::LO_FLAGS_AUTOCLEAR != 0;
-        out.push(LoopEntry { device, rdev: (libc::major(rdev), libc::minor(rdev)), backing, backing_path, autoclear });
+        out.extend(entry(number)?);
     }
     Ok(out)
+}
+
+/// `/dev/loop<number>` as the kernel reports it; None when it is unbound or
+/// gone.
+fn entry(number: u32) -> Result<Option<LoopEntry>> {
+    let device = LoopDevice::from_number(number);
+    let file = match open_device(&device.path, false) {
+        Ok(file) => file,
+        // Gone (LOOP_CTL_REMOVE) or no node for it in this /dev.
+        Err(e) if matches!(errno_of(&e), Errno::ENOENT | Errno::ENXIO | Errno::ENODEV) => return Ok(None),
+        Err(e) => return Err(Error::io("open loop device", &device.path, e)),
+    };
+    let Some((backing, flags)) = status(&file, &device.path)? else { return Ok(None) };
+    let rdev = file.metadata().map(|m| m.rdev()).unwrap_or(0);
+    let sys = format!("/sys/block/loop{number}/loop/backing_file");
+    let backing_path = std::fs::read_to_string(sys).unwrap_or_default();
+    let backing_path = PathBuf::from(backing_path.trim_end().trim_end_matches(" (deleted)"));
+    let autoclear = flags & sys::LO_FLAGS_AUTOCLEAR != 0;
+    Ok(Some(LoopEntry { device, rdev: (libc::major(rdev), libc::minor(rdev)), backing, backing_path, autoclear }))
 }
 
 /// Numbers of loop devices with a backing file: /sys/block/loopN/loop

@@ -31,6 +31,20 @@ impl KernelView {
         Ok(KernelView { mounts: mountinfo::read()?, loops: loopdev::list()? })
     }
 
+    /// A reading for one volume: when `recorded` (the device its staging
+    /// record names) is still bound to `image`, only that device is read;
+    /// otherwise every loop device is. Reading them all made each operation
+    /// cost O(loop devices on the node): 6.6 ms with 200 attached here
+    /// (BENCHMARKS.md, "I/O-limit resync").
+    pub fn read_for(image: &Path, recorded: Option<&Path>) -> Result<KernelView> {
+        let hinted = recorded.and_then(|device| loopdev::bound_to(device, image).ok().flatten());
+        let loops = match hinted {
+            Some(entry) => vec![entry],
+            None => loopdev::list()?,
+        };
+        Ok(KernelView { mounts: mountinfo::read()?, loops })
+    }
+
     /// The device backed by `image`, matched by device and inode; None when
     /// the image is missing or not attached.
     pub fn device_of(&self, image: &Path) -> Option<LoopDevice> {
@@ -105,11 +119,17 @@ impl Pool {
         Live { device: Some(entry.device.clone()), mount_points, staged }
     }
 
+    /// What the kernel has of one volume right now (see [`KernelView::read_for`]).
+    pub(crate) fn live_now(&self, vol: &Volume, state: &NodeState) -> Result<Live> {
+        let recorded = state.staged.as_ref().map(|st| st.device.as_path());
+        Ok(self.live(vol, state, &KernelView::read_for(&self.volume_image_path(&vol.id), recorded)?))
+    }
+
     /// Drops state entries the kernel no longer backs (after a reboot, a
     /// crash, or a mount removed behind our back) and returns the live state.
     /// The caller holds the volume's lock.
     pub(crate) fn reconcile(&self, vol: &Volume, state: &mut NodeState) -> Result<Live> {
-        let live = self.live(vol, state, &KernelView::read()?);
+        let live = self.live_now(vol, state)?;
         let mut changed = false;
         if state.staged.is_some() && !live.staged {
             tracing::warn!(volume = %vol.id, "staging recorded but gone from the kernel; forgetting it");
@@ -165,7 +185,7 @@ impl Pool {
     /// Health of a volume wherever it is (ControllerGetVolume).
     pub fn condition(&self, id: &str) -> Result<Condition> {
         let (vol, state) = self.load(id)?;
-        let live = self.live(&vol, &state, &KernelView::read()?);
+        let live = self.live_now(&vol, &state)?;
         Ok(self.pool_condition()?.unwrap_or_else(|| self.condition_of(&vol, &state, &live)))
     }
 
@@ -245,7 +265,7 @@ impl Pool {
     /// for reports (the admin CLI's `inspect`).
     pub fn live_mounts(&self, id: &str) -> Result<(Option<PathBuf>, Vec<PathBuf>)> {
         let (vol, state) = self.load(id)?;
-        let live = self.live(&vol, &state, &KernelView::read()?);
+        let live = self.live_now(&vol, &state)?;
         Ok((live.device.map(|d| d.path), live.mount_points))
     }
 
@@ -253,7 +273,7 @@ impl Pool {
     /// (live publishes; with the records lost, the staging mount too).
     pub fn users(&self, id: &str) -> Result<Vec<PathBuf>> {
         let (vol, state) = self.load(id)?;
-        let live = self.live(&vol, &state, &KernelView::read()?);
+        let live = self.live_now(&vol, &state)?;
         Ok(users_of(&state, &live))
     }
 }

@@ -170,15 +170,15 @@ impl Pool {
                 Err(Error::VolumeNotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            // The device recorded at staging, checked with one ioctl: a
-            // reconcile scans every loop device, which made a pass over N
-            // volumes cost N² (1.3 s for 200 volumes; io_limits_resync bench).
-            // The record can only be stale after something outside us
-            // detached or re-attached the image: then reconcile.
+            // Only the device is needed, and the staging record names it.
+            // A reconcile also reads mountinfo (and, before the record was
+            // trusted, every loop device): a pass over N volumes cost N²,
+            // 1.3 s for 200 (io_limits_resync bench). A stale record (the
+            // image detached or re-attached behind our back) reconciles.
             let image = self.volume_image_path(&id);
-            let recorded = state.staged.as_ref().map(|st| st.device.clone());
-            let device = match recorded.and_then(|d| loopdev::bound_to(&d, &image).ok().flatten()) {
-                Some(device) => Some(device),
+            let recorded = state.staged.as_ref().and_then(|st| loopdev::bound_to(&st.device, &image).ok().flatten());
+            let device = match recorded {
+                Some(entry) => Some(entry.device),
                 None => self.reconcile(&vol, &mut state)?.device,
             };
             if let Some(device) = &device {

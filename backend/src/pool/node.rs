@@ -6,7 +6,6 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use super::live::KernelView;
 use super::state::{NodeState, PublishRecord, StageRecord};
 use super::{Pool, Volume};
 use crate::error::{Error, Result};
@@ -429,7 +428,7 @@ impl Pool {
     pub fn stats(&self, id: &str, path: &Path) -> Result<VolumeStats> {
         let path = clean_path(path)?;
         let (vol, state) = self.load(id)?;
-        let live = self.live(&vol, &state, &KernelView::read()?);
+        let live = self.live_now(&vol, &state)?;
         if !live.mount_points.contains(&path) {
             return Err(Error::NotAtPath { id: id.into(), path });
         }
