@@ -361,6 +361,53 @@ fn block_volumes_publish_the_device() {
     ));
 }
 
+/// Operations trust the device a staging record names only after checking
+/// it is bound to the volume's image: a record naming another volume's
+/// device, an unbound one or garbage (a reboot renumbers devices) falls back
+/// to a scan, and every answer is about the volume's own device.
+#[test]
+fn a_stale_recorded_device_is_never_taken_for_the_volume() {
+    if !privileged("a_stale_recorded_device_is_never_taken_for_the_volume") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let mut staged = Vec::new();
+    for name in ["mine", "other"] {
+        let id = env.pool.create_volume(&create_req(name, 16 * MIB, None, AccessType::Block)).unwrap().id;
+        let staging = env.dir(&format!("staging-{name}"));
+        let st = env.pool.stage(&id, &stage_req(&staging, AccessType::Block, false)).unwrap();
+        staged.push((id, staging, st.device));
+    }
+    let (id, staging, device) = &staged[0];
+    let other_device = &staged[1].2;
+    let state_file = env.dir("pool").join(format!("volumes/{id}.state"));
+    let wrong = [other_device.to_string_lossy().into_owned(), "/dev/loop99999".into(), "/etc/passwd".into()];
+    for (n, wrong) in wrong.iter().enumerate() {
+        let mut state: serde_json::Value = serde_json::from_slice(&fs::read(&state_file).unwrap()).unwrap();
+        state["staged"]["device"] = serde_json::Value::from(wrong.as_str());
+        fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
+
+        let (live_device, _) = env.pool.live_mounts(id).unwrap();
+        assert_eq!(live_device.as_ref(), Some(device), "record {wrong}: the volume's own device");
+        let target = env.dir(&format!("pod-{n}/dev"));
+        env.pool.publish(id, &publish_req(staging, &target, AccessType::Block, false)).unwrap();
+        assert_eq!(
+            fs::metadata(&target).unwrap().rdev(),
+            fs::metadata(device).unwrap().rdev(),
+            "record {wrong}: the target is the volume's device"
+        );
+        assert_eq!(env.pool.stats(id, &target).unwrap().total_bytes, 16 * MIB);
+        assert_eq!(env.pool.users(id).unwrap(), vec![target.clone()], "record {wrong}");
+        env.pool.unpublish(id, &target).unwrap();
+        assert!(!target.exists());
+    }
+    for (id, staging, _) in &staged {
+        env.pool.unstage(id, staging, false).unwrap();
+    }
+    assert_eq!(loops_settle(&env.sandbox.path(), 0), 0, "both devices detached");
+}
+
 fn statfs_total(path: &Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(path).unwrap();
     st.blocks() * st.fragment_size()
