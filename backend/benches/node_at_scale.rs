@@ -13,17 +13,14 @@
 //! (`LOOPVOL_BENCH_VOLUMES=50,200` to choose the sizes). The resync rows
 //! need a cgroup v1 blkio hierarchy and are left out without one.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use loopvol_backend::{
-    AccessType, CapacityRange, CreateVolume, IoLimits, Lifecycle, Pool, PoolOptions, PublishRequest, StageRequest,
-};
+use loopvol_backend::{AccessType, IoLimits, Pool, PoolOptions, PublishRequest};
 
 const ROUNDS: usize = 50;
-use loopvol_test_support::{privileged, Sandbox};
+use loopvol_test_support::{block_stage_request, privileged, volume_request, Sandbox};
 
 const PASSES: usize = 15;
 const PERIOD: Duration = Duration::from_secs(5);
@@ -127,31 +124,10 @@ fn median(samples: &mut [Duration]) -> Duration {
 }
 
 fn block_volume(pool: &Pool, name: &str, limits: IoLimits) -> String {
-    pool.create_volume(&CreateVolume {
-        io_limits: limits,
-        name: name.into(),
-        id: None,
-        capacity: CapacityRange { required: 16 << 20, limit: 0 },
-        fs_type: None,
-        access_type: AccessType::Block,
-        thick: false,
-        source: None,
-        parameters: BTreeMap::new(),
-        lifecycle: Lifecycle::Persistent,
-        direct_io: true,
-    })
-    .expect("create")
-    .id
-}
-
-fn stage_req(staging: &Path) -> StageRequest {
-    StageRequest {
-        staging_path: staging.into(),
-        access_type: AccessType::Block,
-        fs_type: None,
-        read_only: false,
-        mount_options: vec![],
-    }
+    let mut req = volume_request(name, 16 << 20, None);
+    req.access_type = AccessType::Block;
+    req.io_limits = limits;
+    pool.create_volume(&req).expect("create").id
 }
 
 fn publish_req(staging: &Path, target: &Path, pod_uid: Option<String>) -> PublishRequest {
@@ -186,7 +162,7 @@ impl World {
             let staging = sandbox.path().join(format!("staging/{i}"));
             let target = sandbox.path().join(format!("pods/{i}/dev"));
             fs::create_dir_all(target.parent().unwrap()).expect("mkdir target parent");
-            pool.stage(&id, &stage_req(&staging)).expect("stage");
+            pool.stage(&id, &block_stage_request(&staging)).expect("stage");
             let pod_uid = pods.as_mut().map(|pods| pods.add(i));
             pool.publish(&id, &publish_req(&staging, &target, pod_uid)).expect("publish");
             published.push((id, staging, target));
@@ -201,7 +177,7 @@ impl World {
         let staging = self.sandbox.path().join("staging/one-more");
         let target = self.sandbox.path().join("pods/one-more/dev");
         fs::create_dir_all(target.parent().unwrap()).expect("mkdir target parent");
-        self.pool.stage(&id, &stage_req(&staging)).expect("stage");
+        self.pool.stage(&id, &block_stage_request(&staging)).expect("stage");
         let (mut pair, mut stats) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             let t = Instant::now();

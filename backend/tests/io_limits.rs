@@ -6,19 +6,9 @@
 use std::fs;
 use std::path::Path;
 
-use loopvol_backend::{AccessType, IoLimits, Pool, PoolOptions, PublishRequest, StageRequest};
+use loopvol_backend::{AccessType, IoLimits, Pool, PoolOptions, PublishRequest};
 use loopvol_test_support::cgroup::{rdev, TestPodCgroup};
-use loopvol_test_support::{loops_under, mounts_under, privileged, volume_request, Sandbox};
-
-fn block_stage(staging: &Path) -> StageRequest {
-    StageRequest {
-        staging_path: staging.into(),
-        access_type: AccessType::Block,
-        fs_type: None,
-        read_only: false,
-        mount_options: vec![],
-    }
-}
+use loopvol_test_support::{block_stage_request, loops_under, mounts_under, privileged, volume_request, Sandbox};
 
 /// Rewrites the staged device in the volume's node state (`<id>.state`).
 fn record_device(pool_root: &Path, id: &str, device: &str) {
@@ -52,7 +42,7 @@ fn resync_reaches_new_containers_even_when_the_recorded_device_is_stale() {
         req.access_type = AccessType::Block;
         req.io_limits = IoLimits { read_iops: 700, ..IoLimits::default() };
         let id = pool.create_volume(&req).unwrap().id;
-        let staged = pool.stage(&id, &block_stage(&sandbox.path().join(format!("staging-{name}")))).unwrap();
+        let staged = pool.stage(&id, &block_stage_request(&sandbox.path().join(format!("staging-{name}")))).unwrap();
         ids.push(id);
         devices.push(staged.device);
     }

@@ -139,6 +139,17 @@ pub fn create_volume(pool: &loopvol_backend::Pool, name: &str) -> String {
     pool.create_volume(&volume_request(name, 32 << 20, None)).expect("create a volume").id
 }
 
+/// A read-write stage of a block volume at `staging`.
+pub fn block_stage_request(staging: &Path) -> loopvol_backend::StageRequest {
+    loopvol_backend::StageRequest {
+        staging_path: staging.into(),
+        access_type: loopvol_backend::AccessType::Block,
+        fs_type: None,
+        read_only: false,
+        mount_options: vec![],
+    }
+}
+
 /// Stages a mount volume read-write at `staging`.
 pub fn stage_volume(pool: &loopvol_backend::Pool, id: &str, staging: &Path) {
     let req = loopvol_backend::StageRequest {
