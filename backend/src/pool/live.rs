@@ -31,14 +31,12 @@ impl KernelView {
         Ok(KernelView { mounts: mountinfo::read()?, loops: loopdev::list()? })
     }
 
-    /// A reading for one volume: when `recorded` (the device its staging
-    /// record names) is still bound to `image`, only that device is read;
-    /// otherwise every loop device is. Reading them all made each operation
-    /// cost O(loop devices on the node): 6.6 ms with 200 attached here
-    /// (BENCHMARKS.md, "I/O-limit resync").
-    pub fn read_for(image: &Path, recorded: Option<&Path>) -> Result<KernelView> {
-        let hinted = recorded.and_then(|device| loopdev::bound_to(device, image).ok().flatten());
-        let loops = match hinted {
+    /// A reading for one volume: of its device alone when that is known
+    /// ([`Pool::recorded_device`]), else of every loop device. Reading them
+    /// all cost each operation 3–16 ms on a node where the kernel had made
+    /// 500 (BENCHMARKS.md, "The node side with N published volumes").
+    pub fn read_for(known: Option<LoopEntry>) -> Result<KernelView> {
+        let loops = match known {
             Some(entry) => vec![entry],
             None => loopdev::list()?,
         };
@@ -119,10 +117,18 @@ impl Pool {
         Live { device: Some(entry.device.clone()), mount_points, staged }
     }
 
+    /// The device the volume's staging record names, when it is still bound
+    /// to the volume's image (by device and inode: one ioctl). None when
+    /// nothing is recorded or the record is stale (a reboot renumbers
+    /// devices; an image detached or re-attached behind our back).
+    pub(crate) fn recorded_device(&self, id: &str, state: &NodeState) -> Option<LoopEntry> {
+        let recorded = &state.staged.as_ref()?.device;
+        loopdev::bound_to(recorded, &self.volume_image_path(id)).ok().flatten()
+    }
+
     /// What the kernel has of one volume right now (see [`KernelView::read_for`]).
     pub(crate) fn live_now(&self, vol: &Volume, state: &NodeState) -> Result<Live> {
-        let recorded = state.staged.as_ref().map(|st| st.device.as_path());
-        Ok(self.live(vol, state, &KernelView::read_for(&self.volume_image_path(&vol.id), recorded)?))
+        Ok(self.live(vol, state, &KernelView::read_for(self.recorded_device(&vol.id, state))?))
     }
 
     /// Drops state entries the kernel no longer backs (after a reboot, a

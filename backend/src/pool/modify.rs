@@ -170,14 +170,9 @@ impl Pool {
                 Err(Error::VolumeNotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            // Only the device is needed, and the staging record names it.
-            // A reconcile also reads mountinfo (and, before the record was
-            // trusted, every loop device): a pass over N volumes cost N²,
-            // 1.3 s for 200 (io_limits_resync bench). A stale record (the
-            // image detached or re-attached behind our back) reconciles.
-            let image = self.volume_image_path(&id);
-            let recorded = state.staged.as_ref().and_then(|st| loopdev::bound_to(&st.device, &image).ok().flatten());
-            let device = match recorded {
+            // Only the device is needed. A reconcile also reads mountinfo,
+            // which made a pass over N volumes cost N² (node_at_scale bench).
+            let device = match self.recorded_device(&id, &state) {
                 Some(entry) => Some(entry.device),
                 None => self.reconcile(&vol, &mut state)?.device,
             };
