@@ -269,7 +269,11 @@ fn install_replaces_a_running_binary() {
     std::fs::create_dir_all(&driver_dir).unwrap();
     // An "old driver" that is busy: writing into it would fail with ETXTBSY.
     let old = driver_dir.join("loopvol");
-    std::fs::copy("/bin/sleep", &old).unwrap();
+    // Copied by a child process: a write fd opened here could be inherited by
+    // another test thread's fork (held until its exec), and exec'ing the file
+    // meanwhile fails with ETXTBSY, as it once did in CI.
+    let copied = std::process::Command::new("cp").arg("/bin/sleep").arg(&old).status().unwrap();
+    assert!(copied.success());
     let mut running = std::process::Command::new(&old).arg("60").spawn().unwrap();
     let (out, exe) = install(&plugins, None);
     let still_running = running.try_wait().unwrap().is_none();
